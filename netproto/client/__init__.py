@@ -1,0 +1,1 @@
+"""The bundled ``netproto`` client, built on Twisted like the server."""

@@ -1,0 +1,195 @@
+"""The client side of the framed services: connect, read the hello, authenticate.
+
+:class:`FramedClient` turns received frames into awaitable values, in order,
+and applies backpressure: when more than :attr:`FramedClient.highWater`
+frames wait unread, it stops reading from the socket until the program
+catches up.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from netproto.errors import ERROR_CODES
+from netproto.framing import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    EmptyFrame,
+    FrameDecoder,
+    FrameTooLarge,
+    decodeJSON,
+    encodeJSON,
+)
+
+
+class ClientError(Exception):
+    """A failure to report to the user as one line; ``exitCode`` is the status to exit with."""
+
+    def __init__(self, message: str, exitCode: int = 1) -> None:
+        super().__init__(message)
+        self.exitCode = exitCode
+
+
+class ServerError(ClientError):
+    """The server answered with an ``E`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server refused: {code}: {message}")
+        self.code = code
+        self.serverMessage = message
+
+
+class ConnectionClosed(ClientError):
+    """The connection ended while a frame was awaited."""
+
+
+#: A frame from a server may be this large at most; anything larger is garbage.
+CLIENT_MAX_FRAME = 16 * 1024 * 1024
+
+
+class FramedClient(Protocol):
+    """One framed connection, seen from the client."""
+
+    highWater = 64
+
+    def __init__(self) -> None:
+        self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
+        self._frames: deque[tuple[bytes, bytes]] = deque()
+        self._waiting: deque[Deferred[tuple[bytes, bytes]]] = deque()
+        self._closed: Failure | None = None
+        self._paused = False
+        self.maxFrame = DEFAULT_MAX_FRAME
+        self.hello: dict[str, Any] = {}
+        self.connected = False
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        while True:
+            try:
+                frame = self._decoder.next()
+            except (FrameTooLarge, EmptyFrame) as e:
+                self._lose(ClientError(f"server sent a broken frame: {e}"))
+                return
+            if frame is None:
+                break
+            if self._waiting:
+                self._waiting.popleft().callback(frame)
+            else:
+                self._frames.append(frame)
+        if len(self._frames) > self.highWater and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _lose(self, error: Exception) -> None:
+        self._closed = Failure(error)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionClosed("closed"))) -> None:  # noqa: B008
+        self.connected = False
+        if self._closed is None:
+            self._closed = Failure(ConnectionClosed("the server closed the connection"))
+        while self._waiting:
+            self._waiting.popleft().errback(self._closed)
+
+    def receive(self) -> Deferred[tuple[bytes, bytes]]:
+        """The next frame as ``(type, payload)``; an ``E`` frame fails with :class:`ServerError`."""
+        if self._frames:
+            frame = self._frames.popleft()
+            if self._paused and len(self._frames) <= self.highWater // 2 and self.transport:
+                self._paused = False
+                self.transport.resumeProducing()
+            d: Deferred[tuple[bytes, bytes]] = Deferred()
+            d.callback(frame)
+        elif self._closed is not None:
+            return Deferred.fromFailure(self._closed)
+        else:
+            d = Deferred()
+            self._waiting.append(d)
+        return d.addCallback(_raiseServerError)
+
+    async def receiveJSON(self, expected: bytes) -> dict[str, Any]:
+        """The next frame, which must be of type ``expected`` with a JSON object payload."""
+        kind, payload = await self.receive()
+        if kind != expected:
+            raise ClientError(f"protocol error: expected a {expected!r} frame, got {kind!r}")
+        try:
+            return decodeJSON(payload)
+        except Exception:
+            raise ClientError(f"protocol error: {kind!r} frame payload is not JSON") from None
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        assert self.transport is not None
+        if len(payload) < 4096:
+            self.transport.write(HEADER.pack(len(payload) + 1) + kind + payload)
+        else:
+            self.transport.writeSequence([HEADER.pack(len(payload) + 1) + kind, payload])
+
+    def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
+        self.send(kind, encodeJSON(obj))
+
+    def close(self) -> None:
+        if self.transport is not None and self.connected:
+            self.transport.loseConnection()
+
+
+def _raiseServerError(frame: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    kind, payload = frame
+    if kind == b"E":
+        try:
+            error = decodeJSON(payload)
+            code, message = str(error.get("code")), str(error.get("message", ""))
+        except Exception:
+            code, message = "?", payload[:200].decode("utf-8", "replace")
+        if code not in ERROR_CODES:
+            message = f"{message} (unknown error code)"
+        raise ServerError(code, message)
+    return frame
+
+
+async def connectFramed(
+    endpoint: IStreamClientEndpoint, service: str, auth: Mapping[str, str]
+) -> FramedClient:
+    """Connect, check the hello names ``service``, authenticate with ``auth``.
+
+    :param auth: the ``A`` payload: ``{"token": ...}`` or ``{"user": ..., "password": ...}``.
+    :raises ClientError: with a message for the user on any failure.
+    """
+    try:
+        client = await endpoint.connect(Factory.forProtocol(FramedClient))
+    except Exception as e:
+        raise ClientError(f"cannot connect: {e}") from None
+    assert isinstance(client, FramedClient)
+    try:
+        hello = await client.receiveJSON(b"H")
+        if hello.get("service") != service:
+            raise ClientError(
+                f"that port serves {hello.get('service')!r}, not {service!r}: wrong --server port?"
+            )
+        client.hello = hello
+        client.maxFrame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
+        offered = hello.get("auth", [])
+        method = "token" if "token" in auth else "password"
+        if method not in offered:
+            raise ClientError(
+                f"the server does not take a {method} (it takes: {', '.join(offered)}); "
+                + ("use --user" if method == "token" else "use the token")
+            )
+        client.sendJSON(b"A", auth)
+        await client.receiveJSON(b"K")
+    except BaseException:
+        client.close()
+        raise
+    return client

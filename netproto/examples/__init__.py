@@ -1,0 +1,1 @@
+"""Small example services: what a netproto plugin looks like at its simplest."""

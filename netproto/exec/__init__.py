@@ -1,0 +1,1 @@
+"""exec: remote command execution over framed Int32StringReceiver (PROTOCOL.md section 3)."""

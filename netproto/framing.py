@@ -1,0 +1,442 @@
+"""Length-prefixed frames (PROTOCOL.md section 2) and the framed base protocol.
+
+Two layers live here, the way h11 splits parsing from I/O:
+
+* :class:`FrameDecoder` is sans-IO: feed it bytes, pull ``(type, payload)``
+  frames out. It keeps one linear receive buffer (a ``bytearray`` and a read
+  offset), so a 256 KiB frame that arrives in 64 KiB reads is copied into the
+  buffer once and sliced out once, instead of Twisted's
+  ``IntNStringReceiver`` re-concatenating everything it holds on every read
+  (quadratic in the number of reads per frame). The length limit is checked as
+  soon as the four length bytes are in, before anything else is buffered.
+* :class:`FramedProtocol` is the Twisted side shared by exec and upload: the
+  ``H`` hello, the authentication state machine (one table,
+  :data:`TRANSITIONS`), the unauthenticated grace timer, ``E`` errors, and
+  dispatch of authenticated frames to a service's handler table. It is an
+  :class:`~twisted.protocols.basic.Int32StringReceiver`, so
+  ``sendString``/``stringReceived`` keep their meaning, with a faster
+  ``dataReceived``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from twisted.cred.credentials import ICredentials, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from netproto import __version__
+from netproto.addresses import describePeer
+from netproto.auth import IUser, TokenCredentials
+from netproto.errors import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from netproto.services import ServerContext
+
+HEADER: Final = struct.Struct(">I")
+
+#: Largest frame (type byte included) a peer may send before it has
+#: authenticated: enough for an ``A`` frame, small enough that an anonymous
+#: peer cannot make the server buffer much.
+PRE_AUTH_MAX_FRAME: Final = 4 * 1024
+#: Default largest frame after authentication: a 256 KiB data payload plus its
+#: type byte. Announced in the hello as ``max_frame``.
+DEFAULT_MAX_FRAME: Final = 256 * 1024 + 1
+
+_TYPE_BYTES: Final = [bytes((i,)) for i in range(256)]
+
+
+class FrameTooLarge(Exception):
+    """The peer announced a frame longer than the current limit."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes is over the limit of {limit}")
+        self.length = length
+        self.limit = limit
+
+
+class EmptyFrame(Exception):
+    """The peer announced a frame of length 0: there is not even a type byte."""
+
+
+def encodeFrame(kind: bytes, payload: bytes = b"") -> bytes:
+    """One frame: the big-endian length of type byte plus payload, then both."""
+    return HEADER.pack(len(payload) + 1) + kind + payload
+
+
+def encodeJSON(obj: Mapping[str, Any]) -> bytes:
+    """The compact UTF-8 JSON used for every control payload."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decodeJSON(payload: bytes) -> dict[str, Any]:
+    """Parse a control payload; anything but a JSON object is a ``bad-frame``."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError("bad-frame", f"payload is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad-frame", "payload must be a JSON object")
+    return obj
+
+
+class FrameDecoder:
+    """Turn a byte stream into frames, without I/O.
+
+    >>> d = FrameDecoder(maxFrame=100)
+    >>> d.feed(b"\\x00\\x00\\x00\\x03Khi\\x00\\x00")
+    >>> d.next()
+    (b'K', b'hi')
+    >>> d.next() is None
+    True
+
+    :ivar maxFrame: the largest frame length (type byte included) accepted;
+        it may be changed between frames, e.g. once the peer authenticates.
+    """
+
+    __slots__ = ("_buf", "_pos", "maxFrame")
+
+    def __init__(self, maxFrame: int) -> None:
+        self.maxFrame = maxFrame
+        self._buf = bytearray()
+        self._pos = 0
+
+    def __len__(self) -> int:
+        """Bytes received and not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes; the consumed prefix is dropped first when it
+        is at least half the buffer, so copying stays linear in what arrives."""
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next(self) -> tuple[bytes, bytes] | None:
+        """The next complete frame as ``(type byte, payload)``, or ``None``.
+
+        :raises FrameTooLarge: when the next length is over :attr:`maxFrame`;
+            it is raised as soon as the four length bytes are in.
+        :raises EmptyFrame: when the next length is 0.
+        """
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            return None
+        (length,) = HEADER.unpack_from(buf, pos)
+        if length > self.maxFrame:
+            raise FrameTooLarge(length, self.maxFrame)
+        if length == 0:
+            raise EmptyFrame()
+        if avail < 4 + length:
+            return None
+        kind = _TYPE_BYTES[buf[pos + 4]]
+        start, end = pos + 5, pos + 4 + length
+        with memoryview(buf) as view:
+            payload = bytes(view[start:end])
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return kind, payload
+
+
+class State(enum.Enum):
+    """Where a framed connection is in its life."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    AUTHENTICATING = "authenticating"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+#: Every transition of the connection state machine in one place. A frame
+#: type not listed for the current state is answered as the value says:
+#: ``auth-required`` before authentication, ``bad-frame`` after it. The
+#: service's own frames are valid in READY and are listed by each protocol's
+#: :attr:`FramedProtocol.frameHandlers`.
+TRANSITIONS: Final[Mapping[State, Mapping[bytes, State]]] = {
+    State.UNAUTHENTICATED: {b"A": State.AUTHENTICATING},
+    # While the credentials are checked nothing is read: frames stay buffered.
+    State.AUTHENTICATING: {},
+    # A second A is not valid: one connection, one identity.
+    State.READY: {},
+    State.CLOSED: {},
+}
+
+FrameHandler = Callable[[Any, bytes], object]
+
+
+class FramedProtocol(Int32StringReceiver):
+    """The server side of a framed service.
+
+    Subclasses set :attr:`serviceName` and :attr:`frameHandlers` (frame type
+    to handler, valid once authenticated) and may override :meth:`authenticated`
+    and ``connectionLost``. A handler raises :class:`ProtocolError` for the
+    peer's mistakes; it may return a Deferred, whose failure is handled the
+    same way. The factory must be a :class:`FramedFactory`.
+    """
+
+    serviceName: ClassVar[str] = "framed"
+    frameHandlers: ClassVar[Mapping[bytes, FrameHandler]] = {}
+
+    factory: FramedFactory
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.state = State.UNAUTHENTICATED
+        self.avatar: IUser | None = None
+        self.peer = "?"
+        self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
+        self._graceTimer: IDelayedCall | None = None
+        self._failTimer: IDelayedCall | None = None
+
+    # -- connection life ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = describePeer(self.transport)
+        if ITCPTransport.providedBy(self.transport):
+            # Small control frames must not wait for Nagle's algorithm.
+            self.transport.setTcpNoDelay(True)
+        self.log.info(
+            "{service}: connection from {peer}", service=self.serviceName, peer=self.peer
+        )
+        ctx = self.factory.context
+        self.sendJSON(
+            b"H",
+            {
+                "service": self.serviceName,
+                "protocol": 1,
+                "server": f"netproto/{__version__}",
+                "auth": list(ctx.authMethods),
+                "max_frame": self.factory.maxFrame,
+            },
+        )
+        self._graceTimer = ctx.reactor.callLater(self.factory.graceTimeout, self._graceExpired)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.state = State.CLOSED
+        for timer in (self._graceTimer, self._failTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._graceTimer = self._failTimer = None
+        self.log.info(
+            "{service}: {peer} disconnected ({user})",
+            service=self.serviceName,
+            peer=self.peer,
+            user=self.avatar.name if self.avatar else "unauthenticated",
+        )
+
+    def _graceExpired(self) -> None:
+        self._graceTimer = None
+        if self.state in (State.UNAUTHENTICATED, State.AUTHENTICATING):
+            self.fail(ProtocolError("timeout", "no authentication within the grace period"))
+
+    # -- receiving -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._decoder.feed(data)
+        self._dispatchBuffered()
+
+    def _dispatchBuffered(self) -> None:
+        decoder = self._decoder
+        while self.state is not State.CLOSED and self.state is not State.AUTHENTICATING:
+            try:
+                frame = decoder.next()
+            except FrameTooLarge as e:
+                self.fail(
+                    ProtocolError(
+                        "frame-too-large",
+                        f"frame length {e.length} is over the limit of {e.limit} bytes",
+                    )
+                )
+                return
+            except EmptyFrame:
+                self.fail(ProtocolError("bad-frame", "frame length 0: a frame needs a type byte"))
+                return
+            if frame is None:
+                return
+            self.frameReceived(*frame)
+
+    def stringReceived(self, string: bytes) -> None:
+        """A whole frame, type byte first (``Int32StringReceiver``'s interface)."""
+        if not string:
+            self.fail(ProtocolError("bad-frame", "frame length 0: a frame needs a type byte"))
+            return
+        self.frameReceived(string[:1], string[1:])
+
+    def frameReceived(self, kind: bytes, payload: bytes) -> None:
+        """Route one frame by the state table; the single error boundary."""
+        try:
+            if self.state is State.READY:
+                handler = self.frameHandlers.get(kind)
+                if handler is None:
+                    raise ProtocolError("bad-frame", f"unexpected frame type {kind!r}")
+                result = handler(self, payload)
+                if isinstance(result, Deferred):
+                    result.addErrback(self._handlerFailed)
+                return
+            nextState = TRANSITIONS[self.state].get(kind)
+            if nextState is None:
+                raise ProtocolError("auth-required", "authenticate with an A frame first")
+            self.state = nextState
+            self._authenticate(payload)
+        except ProtocolError as e:
+            self.fail(e)
+        except Exception:
+            self._handlerFailed(Failure())
+
+    def _handlerFailed(self, failure: Failure) -> None:
+        if failure.check(ProtocolError):
+            self.fail(failure.value)
+            return
+        self.log.failure(
+            "{service}: internal error serving {peer}",
+            failure,
+            service=self.serviceName,
+            peer=self.peer,
+        )
+        self.fail(ProtocolError("internal", "internal server error"))
+
+    # -- authentication ------------------------------------------------------
+
+    def _authenticate(self, payload: bytes) -> None:
+        request = decodeJSON(payload)
+        credentials: ICredentials
+        methods = self.factory.context.authMethods
+        if "token" in request and "token" in methods:
+            token = request["token"]
+            if not isinstance(token, str):
+                raise ProtocolError("bad-frame", "token must be a string")
+            credentials = TokenCredentials(token)
+            method = "token"
+        elif "user" in request and "password" in methods:
+            user, password = request.get("user"), request.get("password")
+            if not isinstance(user, str) or not isinstance(password, str):
+                raise ProtocolError("bad-frame", "user and password must be strings")
+            credentials = UsernamePassword(user.encode(), password.encode())
+            method = f"password for {user!r}"
+        elif "token" in request or "user" in request:
+            self._authFailed(f"method not offered (offered: {', '.join(methods)})")
+            return
+        else:
+            raise ProtocolError("bad-frame", "A needs a token, or a user and a password")
+        d = self.factory.context.login(credentials)
+        d.addCallbacks(self._loggedIn, self._loginFailed, errbackArgs=(method,))
+        d.addErrback(self._handlerFailed)
+
+    def _loggedIn(self, avatar: IUser) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.avatar = avatar
+        self.state = State.READY
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        self._graceTimer = None
+        self._decoder.maxFrame = self.factory.maxFrame
+        self.log.info(
+            "{service}: {peer} authenticated as {user}",
+            service=self.serviceName,
+            peer=self.peer,
+            user=avatar.name,
+        )
+        self.sendJSON(b"K", {"user": avatar.name})
+        self.authenticated()
+        self._dispatchBuffered()
+
+    def _loginFailed(self, failure: Failure, method: str) -> None:
+        failure.trap(UnauthorizedLogin)
+        self._authFailed(f"{method}: {failure.getErrorMessage() or 'bad credentials'}")
+
+    def _authFailed(self, why: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        # Stop reading and answer only after a delay that slows guessing.
+        self.state = State.AUTHENTICATING
+        self.log.warn(
+            "{service}: authentication failed from {peer}: {why}",
+            service=self.serviceName,
+            peer=self.peer,
+            why=why,
+        )
+        self._failTimer = self.factory.context.reactor.callLater(
+            self.factory.authFailureDelay,
+            self.fail,
+            ProtocolError("auth-failed", "authentication failed"),
+        )
+
+    def authenticated(self) -> None:
+        """Called once the peer is authenticated (``self.avatar`` is set)."""
+
+    # -- sending ---------------------------------------------------------------
+
+    def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
+        """Write one frame; large payloads are not copied into a new string."""
+        if self.transport is None:
+            return
+        if len(payload) < 4096:
+            self.transport.write(HEADER.pack(len(payload) + 1) + kind + payload)
+        else:
+            self.transport.writeSequence([HEADER.pack(len(payload) + 1) + kind, payload])
+
+    def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
+        self.sendFrame(kind, encodeJSON(obj))
+
+    def sendString(self, string: bytes) -> None:
+        """``Int32StringReceiver``'s send: ``string`` is a type byte and payload."""
+        self.sendFrame(string[:1], string[1:])
+
+    def sendError(self, code: ErrorCode, message: str) -> None:
+        self.sendJSON(b"E", {"code": code, "message": message})
+
+    def fail(self, error: ProtocolError) -> None:
+        """Tell the peer about ``error``; close the connection if it is fatal."""
+        if self.state is State.CLOSED:
+            return
+        self.log.info(
+            "{service}: refused {peer}: {code}: {message}",
+            service=self.serviceName,
+            peer=self.peer,
+            code=error.code,
+            message=error.message,
+        )
+        self.sendError(error.code, error.message)
+        if error.fatal:
+            self.state = State.CLOSED
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.fail(ProtocolError("frame-too-large", f"frame length {length} is over the limit"))
+
+
+class FramedFactory(ServerFactory):
+    """Builds one framed protocol per connection and holds what they share.
+
+    :ivar context: the server-wide context (reactor, portal, options, paths).
+    :ivar maxFrame: the post-authentication frame limit announced in the hello.
+    :ivar graceTimeout: seconds an unauthenticated connection may stay.
+    :ivar authFailureDelay: seconds between a failed ``A`` and its answer.
+    """
+
+    protocol = FramedProtocol
+    graceTimeout: float = 30.0
+    authFailureDelay: float = 1.0
+
+    def __init__(self, context: ServerContext, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
+        self.context = context
+        self.maxFrame = maxFrame

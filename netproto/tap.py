@@ -1,0 +1,181 @@
+"""``twistd netproto``: its options and the service tree it builds.
+
+Every option is checked in ``postOptions``, so a mistake (a bad endpoint, an
+unknown service, an unreadable users file) is one line from twistd and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IServiceCollection, MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from netproto.auth import AuthSetupError, makePortal
+from netproto.services import (
+    INetprotoService,
+    ServerContext,
+    ServiceError,
+    discoverServices,
+    makeServices,
+    parseDatagramEndpoint,
+)
+
+log = Logger()
+
+DISABLED = "none"
+
+
+def defaultDataDir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$NETPROTO_HOME``, else ``$XDG_DATA_HOME/netproto``, else ``~/.local/share/netproto``."""
+    if environ.get("NETPROTO_HOME"):
+        return Path(environ["NETPROTO_HOME"])
+    if environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]) / "netproto"
+    return Path.home() / ".local" / "share" / "netproto"
+
+
+class ServerOptions(usage.Options):
+    """Options of ``twistd netproto``; :func:`Options` adds the services' own."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve netproto's chat, exec and upload services, and any service plugin "
+        "asked for with --service. Endpoints are Twisted server endpoint "
+        "descriptions (tcp:8000:interface=0.0.0.0, ssl:8443:privateKey=..., "
+        "unix:/run/netproto/chat.sock); 'none' disables a service."
+    )
+    optFlags = [["list-services", None, "List the service plugins found, then exit."]]
+    optParameters = [
+        ["data-dir", None, None, "Server state (the token). [default: $NETPROTO_HOME, "
+         "$XDG_DATA_HOME/netproto or ~/.local/share/netproto]"],
+        ["upload-dir", None, None, "Where uploads land. [default: DATA_DIR/uploads]"],
+        ["users", None, None, "Users file (NAME:HASH lines from `netproto passwd`); "
+         "with it, exec and upload take passwords instead of the token."],
+    ]
+
+    services: dict[str, INetprotoService] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["service"] = []
+        self.endpoints: list[tuple[str, str]] = []
+        self.context: ServerContext | None = None
+        self.tokenPath: Path | None = None
+
+    def opt_service(self, value: str) -> None:
+        """Serve a plugin service: NAME=ENDPOINT, or NAME for its default endpoint. Repeatable."""
+        self["service"].append(value)
+
+    def postOptions(self) -> None:
+        if self["list-services"]:
+            print(self.listServices())  # noqa: T201 - the output asked for
+            raise SystemExit(0)
+        endpoints: list[tuple[str, str]] = []
+        for name, service in self.services.items():
+            if service.enabledByDefault and self[name] != DISABLED:
+                endpoints.append((name, self[name]))
+        for value in self["service"]:
+            name, sep, description = value.partition("=")
+            if name not in self.services:
+                raise usage.UsageError(
+                    f"--service {value}: no service named {name!r} "
+                    f"(found: {', '.join(self.services)}; see --list-services)"
+                )
+            endpoints.append((name, description if sep else self.services[name].defaultEndpoint))
+        for name, description in endpoints:
+            self._checkEndpoint(name, description)
+        self.endpoints = endpoints
+        dataDir = Path(self["data-dir"]) if self["data-dir"] else defaultDataDir()
+        uploadDir = Path(self["upload-dir"]) if self["upload-dir"] else dataDir / "uploads"
+        try:
+            dataDir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise usage.UsageError(f"--data-dir {dataDir}: {e.strerror}") from None
+        from twisted.internet import reactor
+
+        try:
+            portal, methods, tokenPath = makePortal(
+                dataDir, Path(self["users"]) if self["users"] else None, reactor
+            )
+        except AuthSetupError as e:
+            raise usage.UsageError(str(e)) from None
+        self.tokenPath = tokenPath
+        self.context = ServerContext(
+            reactor=reactor,
+            portal=portal,
+            authMethods=methods,
+            dataDir=dataDir,
+            uploadDir=uploadDir,
+            options=dict(self),
+        )
+
+    def _checkEndpoint(self, name: str, description: str) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            if self.services[name].kind == "datagram":
+                parseDatagramEndpoint(description)
+            else:
+                serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError, ServiceError) as e:
+            raise usage.UsageError(f"{name} endpoint {description!r}: {e}") from None
+
+    def listServices(self) -> str:
+        lines = []
+        for name, service in self.services.items():
+            how = f"--{name}" if service.enabledByDefault else f"--service {name}=ENDPOINT"
+            lines.append(
+                f"{name:12} {service.kind:8} {service.defaultEndpoint:32} {how}\n"
+                f"{'':12} {service.description}"
+            )
+        return "\n".join(lines)
+
+
+def optionsFor(services: Mapping[str, INetprotoService]) -> type[ServerOptions]:
+    """A :class:`ServerOptions` subclass with every service's endpoint and options."""
+    parameters: list[Sequence[Any]] = []
+    flags: list[Sequence[Any]] = []
+    for name, service in services.items():
+        if service.enabledByDefault:
+            parameters.append(
+                [name, None, service.defaultEndpoint, f"Endpoint of {name} ('none' disables it)."]
+            )
+        parameters.extend(list(p) for p in service.optParameters)
+        flags.extend(list(f) for f in service.optFlags)
+    return type(
+        "Options",
+        (ServerOptions,),
+        {"optParameters": parameters, "optFlags": flags, "services": dict(services)},
+    )
+
+
+def Options() -> ServerOptions:
+    """What twistd instantiates: plugin discovery happens here, not at import."""
+    try:
+        services = discoverServices()
+    except ServiceError as e:
+        raise usage.UsageError(str(e)) from None
+    return optionsFor(services)()
+
+
+def makeService(options: ServerOptions) -> IServiceCollection:
+    """A ``MultiService`` with one listening service per endpoint."""
+    assert options.context is not None, "postOptions has run"
+    top = MultiService()
+    for child in makeServices(options.services, options.endpoints, options.context):
+        child.setServiceParent(top)
+    if options.tokenPath is not None:
+        log.info(
+            "netproto: token in {path} (the bundled client reads it from there)",
+            path=str(options.tokenPath),
+        )
+    if not options.endpoints:
+        log.warn("netproto: every service is disabled; nothing to serve")
+    return top

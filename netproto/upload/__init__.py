@@ -1,0 +1,1 @@
+"""upload: verified, atomic, resumable file upload (PROTOCOL.md section 4)."""

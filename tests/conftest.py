@@ -1,0 +1,41 @@
+"""Suite-wide rules: a test fails if anything logged an error or a failure (as trial does)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+
+@pytest.fixture(autouse=True)
+def failOnLoggedErrors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, Any]]]:
+    """Collect error-level log events; a test that expects some clears the list it gets
+    from the ``loggedErrors`` fixture after checking them."""
+    errors: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.error, LogLevel.critical) or "log_failure" in event:
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield errors
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    if errors:
+        texts = []
+        for event in errors:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            texts.append(text)
+        pytest.fail("errors were logged during the test:\n" + "\n".join(texts))
+
+
+@pytest.fixture
+def loggedErrors(failOnLoggedErrors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The error events logged so far; clear it once a test has checked the expected ones."""
+    return failOnLoggedErrors
