@@ -317,24 +317,25 @@ class FramedProtocol(Int32StringReceiver):
     def _authenticate(self, payload: bytes) -> None:
         request = decodeJSON(payload)
         credentials: ICredentials
-        methods = self.factory.context.authMethods
-        if "token" in request and "token" in methods:
+        if "token" in request:
             token = request["token"]
             if not isinstance(token, str):
                 raise ProtocolError("bad-frame", "token must be a string")
-            credentials = TokenCredentials(token)
-            method = "token"
-        elif "user" in request and "password" in methods:
+            credentials, method = TokenCredentials(token), "token"
+        elif "user" in request:
             user, password = request.get("user"), request.get("password")
             if not isinstance(user, str) or not isinstance(password, str):
                 raise ProtocolError("bad-frame", "user and password must be strings")
             credentials = UsernamePassword(user.encode(), password.encode())
-            method = f"password for {user!r}"
-        elif "token" in request or "user" in request:
-            self._authFailed(f"method not offered (offered: {', '.join(methods)})")
-            return
+            method = "password"
         else:
             raise ProtocolError("bad-frame", "A needs a token, or a user and a password")
+        offered = self.factory.context.authMethods
+        if method not in offered:
+            self._authFailed(f"{method} is not offered (offered: {', '.join(offered)})")
+            return
+        if method == "password":
+            method = f"password for {request['user']!r}"
         d = self.factory.context.login(credentials)
         d.addCallbacks(self._loggedIn, self._loginFailed, errbackArgs=(method,))
         d.addErrback(self._handlerFailed)

@@ -1,0 +1,372 @@
+"""The framed base protocol and its decoder, without sockets (StringTransport, Clock)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from netproto.errors import ERROR_CODES, ProtocolError
+from netproto.framing import (
+    DEFAULT_MAX_FRAME,
+    PRE_AUTH_MAX_FRAME,
+    EmptyFrame,
+    FramedFactory,
+    FramedProtocol,
+    FrameDecoder,
+    FrameTooLarge,
+    State,
+    decodeJSON,
+    encodeFrame,
+)
+from tests.support import makeContext, token
+
+# -- the sans-IO decoder ---------------------------------------------------------
+
+
+def test_decoder_yields_frames_in_order() -> None:
+    """Frames come out whole and in order, type byte split from payload."""
+    d = FrameDecoder(100)
+    d.feed(encodeFrame(b"A", b"one") + encodeFrame(b"B") + encodeFrame(b"C", b"three")[:5])
+    assert d.next() == (b"A", b"one")
+    assert d.next() == (b"B", b"")
+    assert d.next() is None
+    d.feed(encodeFrame(b"C", b"three")[5:])
+    assert d.next() == (b"C", b"three")
+    assert d.next() is None
+    assert len(d) == 0
+
+
+def test_decoder_checks_the_limit_from_the_length_bytes_alone() -> None:
+    """An oversized length is refused as soon as its 4 bytes arrive, before any payload."""
+    d = FrameDecoder(PRE_AUTH_MAX_FRAME)
+    d.feed(struct.pack(">I", 2**31))
+    with pytest.raises(FrameTooLarge) as info:
+        d.next()
+    assert info.value.length == 2**31
+
+
+def test_decoder_accepts_exactly_the_limit() -> None:
+    """A frame of exactly maxFrame bytes is valid; one more is not."""
+    d = FrameDecoder(10)
+    d.feed(encodeFrame(b"D", b"x" * 9))
+    assert d.next() == (b"D", b"x" * 9)
+    d.feed(encodeFrame(b"D", b"x" * 10))
+    with pytest.raises(FrameTooLarge):
+        d.next()
+
+
+def test_decoder_refuses_empty_frames() -> None:
+    """Length 0 carries no type byte: it is an error, not a frame."""
+    d = FrameDecoder(10)
+    d.feed(b"\0\0\0\0")
+    with pytest.raises(EmptyFrame):
+        d.next()
+
+
+frames = st.lists(
+    st.tuples(st.sampled_from([b"A", b"D", b"K", b"\xff"]), st.binary(max_size=300)),
+    max_size=20,
+)
+
+
+@given(frames=frames, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30))
+def test_decoder_is_independent_of_how_bytes_are_split(
+    frames: list[tuple[bytes, bytes]], cuts: list[int]
+) -> None:
+    """Whatever the read boundaries (chosen by hypothesis), the same frames come out."""
+    stream = b"".join(encodeFrame(k, p) for k, p in frames)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    d = FrameDecoder(1000)
+    out = []
+    for a, b in zip(points, points[1:], strict=False):
+        d.feed(stream[a:b])
+        while (frame := d.next()) is not None:
+            out.append(frame)
+    assert out == frames
+
+
+def test_decoder_fed_one_byte_at_a_time() -> None:
+    """The degenerate split: every byte its own read."""
+    stream = encodeFrame(b"R", b'{"argv":["true"]}') * 3
+    d = FrameDecoder(1000)
+    out = []
+    for i in range(len(stream)):
+        d.feed(stream[i : i + 1])
+        while (frame := d.next()) is not None:
+            out.append(frame)
+    assert out == [(b"R", b'{"argv":["true"]}')] * 3
+
+
+def test_decoder_buffer_does_not_grow_with_traffic() -> None:
+    """The consumed prefix is dropped, so the buffer holds at most about one frame plus a read."""
+    d = FrameDecoder(DEFAULT_MAX_FRAME)
+    frame = encodeFrame(b"D", b"x" * 100_000)
+    for _ in range(200):
+        for i in range(0, len(frame), 65536):
+            d.feed(frame[i : i + 65536])
+            while d.next() is not None:
+                pass
+        assert len(d._buf) <= 2 * len(frame)
+
+
+def test_decodeJSON_refuses_non_objects() -> None:
+    """Control payloads must be JSON objects; anything else is a bad-frame."""
+    assert decodeJSON(b'{"a": 1}') == {"a": 1}
+    for bad in (b"[1]", b"nope", b"\xff\xfe", b'"s"'):
+        with pytest.raises(ProtocolError) as info:
+            decodeJSON(bad)
+        assert info.value.code == "bad-frame"
+
+
+# -- the protocol on a StringTransport ----------------------------------------------
+
+
+class Recorder(FramedProtocol):
+    """A framed service whose only frame, ``Z``, is recorded; ``Y`` raises a bug."""
+
+    serviceName = "exec"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[bytes] = []
+
+    def zReceived(self, payload: bytes) -> None:
+        self.got.append(payload)
+
+    def yReceived(self, payload: bytes) -> None:
+        raise RuntimeError("a bug in the service")
+
+    def wReceived(self, payload: bytes) -> None:
+        raise ProtocolError("busy", "try later")
+
+    frameHandlers = {b"Z": zReceived, b"Y": yReceived, b"W": wReceived}
+
+
+class RecorderFactory(FramedFactory):
+    protocol = Recorder
+
+
+def parseFrames(data: bytes) -> list[tuple[bytes, Any]]:
+    d = FrameDecoder(1 << 30)
+    d.feed(data)
+    out: list[tuple[bytes, Any]] = []
+    while (frame := d.next()) is not None:
+        kind, payload = frame
+        out.append((kind, json.loads(payload) if kind in b"HKE" else payload))
+    return out
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = MemoryReactorClock()
+        self.context = makeContext(tmp_path, reactor=self.clock)
+        self.factory = RecorderFactory(self.context)
+        proto = self.factory.buildProtocol(None)
+        assert isinstance(proto, Recorder)
+        self.proto = proto
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.token = token(self.context)
+
+    def frames(self) -> list[tuple[bytes, Any]]:
+        out = parseFrames(self.transport.value())
+        self.transport.clear()
+        return out
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        self.proto.dataReceived(encodeFrame(kind, payload))
+
+    def login(self) -> None:
+        self.frames()
+        self.send(b"A", json.dumps({"token": self.token}).encode())
+        assert self.frames() == [(b"K", {"user": "token"})]
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_hello_is_the_first_frame(h: Harness) -> None:
+    """The server speaks first: H with service, protocol, server, auth and max_frame."""
+    [(kind, hello)] = h.frames()
+    assert kind == b"H"
+    assert hello["service"] == "exec"
+    assert hello["protocol"] == 1
+    assert hello["server"].startswith("netproto/")
+    assert hello["auth"] == ["token"]
+    assert hello["max_frame"] == DEFAULT_MAX_FRAME
+
+
+def test_good_token_authenticates_and_frames_flow(h: Harness) -> None:
+    """A good A gets K {"user"}; after it, service frames reach their handler."""
+    h.login()
+    h.send(b"Z", b"payload")
+    assert h.proto.got == [b"payload"]
+    assert h.proto.state is State.READY
+
+
+def test_frames_before_auth_get_auth_required_and_close(h: Harness) -> None:
+    """Any frame but A before authentication: E auth-required, then the connection closes."""
+    h.frames()
+    h.send(b"Z", b"sneaky")
+    [(kind, err)] = h.frames()
+    assert (kind, err["code"]) == (b"E", "auth-required")
+    assert h.transport.disconnecting
+    assert h.proto.got == []
+
+
+def test_bad_token_fails_only_after_a_delay(h: Harness) -> None:
+    """A wrong token is answered with E auth-failed after the delay, and the connection closes."""
+    h.frames()
+    h.send(b"A", b'{"token": "wrong"}')
+    assert h.frames() == []
+    assert not h.transport.disconnecting
+    h.clock.advance(h.factory.authFailureDelay)
+    [(kind, err)] = h.frames()
+    assert (kind, err["code"]) == (b"E", "auth-failed")
+    assert h.transport.disconnecting
+
+
+def test_frames_after_a_failed_auth_are_ignored(h: Harness) -> None:
+    """While the failure delay runs, nothing else the peer sends is processed."""
+    h.frames()
+    h.send(b"A", b'{"token": "wrong"}')
+    h.send(b"A", json.dumps({"token": h.token}).encode())
+    h.clock.advance(h.factory.authFailureDelay)
+    assert [k for k, _ in h.frames()] == [b"E"]
+
+
+def test_password_is_refused_when_only_the_token_is_offered(h: Harness) -> None:
+    """A method the hello did not offer is an auth failure, not a crash."""
+    h.frames()
+    h.send(b"A", b'{"user": "bob", "password": "x"}')
+    h.clock.advance(h.factory.authFailureDelay)
+    [(kind, err)] = h.frames()
+    assert err["code"] == "auth-failed"
+
+
+@pytest.mark.parametrize(
+    "payload", [b"not json", b"[]", b'{"token": 5}', b"{}", b'{"user": 1, "password": 2}']
+)
+def test_malformed_auth_is_a_bad_frame(h: Harness, payload: bytes) -> None:
+    """A frames that are not a valid request: E bad-frame and close."""
+    h.frames()
+    h.send(b"A", payload)
+    [(kind, err)] = h.frames()
+    assert (kind, err["code"]) == (b"E", "bad-frame")
+    assert h.transport.disconnecting
+
+
+def test_unauthenticated_connection_times_out(h: Harness) -> None:
+    """After the grace period without authentication: E timeout and close."""
+    h.frames()
+    h.clock.advance(h.factory.graceTimeout - 0.1)
+    assert not h.transport.disconnecting
+    h.clock.advance(0.2)
+    [(kind, err)] = h.frames()
+    assert err["code"] == "timeout"
+    assert h.transport.disconnecting
+
+
+def test_authenticated_connection_has_no_grace_timer(h: Harness) -> None:
+    """Once authenticated, the grace timer is gone."""
+    h.login()
+    h.clock.advance(h.factory.graceTimeout * 10)
+    assert not h.transport.disconnecting
+
+
+def test_huge_length_before_auth_is_refused_at_once(h: Harness) -> None:
+    """A length of 2^31 gets E frame-too-large from the 4 length bytes alone."""
+    h.frames()
+    h.proto.dataReceived(struct.pack(">I", 2**31))
+    [(kind, err)] = h.frames()
+    assert err["code"] == "frame-too-large"
+    assert h.transport.disconnecting
+
+
+def test_limit_rises_after_auth(h: Harness) -> None:
+    """4 KiB before authentication; max_frame after it."""
+    h.frames()
+    h.proto.dataReceived(struct.pack(">I", PRE_AUTH_MAX_FRAME + 1))
+    assert h.frames()[0][1]["code"] == "frame-too-large"
+
+    other = Harness.__new__(Harness)
+    other.__dict__.update(h.__dict__)
+    proto = h.factory.buildProtocol(None)
+    assert isinstance(proto, Recorder)
+    h.proto, h.transport = proto, StringTransport()
+    proto.makeConnection(h.transport)
+    h.login()
+    h.send(b"Z", b"x" * (DEFAULT_MAX_FRAME - 1))
+    assert h.proto.got == [b"x" * (DEFAULT_MAX_FRAME - 1)]
+    h.proto.dataReceived(struct.pack(">I", DEFAULT_MAX_FRAME + 1))
+    assert h.frames()[0][1]["code"] == "frame-too-large"
+
+
+def test_unknown_frame_after_auth_is_a_bad_frame(h: Harness) -> None:
+    """An unknown type byte, or a second A, once authenticated: E bad-frame and close."""
+    h.login()
+    h.send(b"?")
+    assert h.frames()[0][1]["code"] == "bad-frame"
+    assert h.transport.disconnecting
+
+
+def test_second_auth_is_a_bad_frame(h: Harness) -> None:
+    """One connection, one identity."""
+    h.login()
+    h.send(b"A", json.dumps({"token": h.token}).encode())
+    assert h.frames()[0][1]["code"] == "bad-frame"
+
+
+def test_zero_length_frame_is_a_bad_frame(h: Harness) -> None:
+    """A length of 0 is malformed."""
+    h.login()
+    h.proto.dataReceived(b"\0\0\0\0")
+    assert h.frames()[0][1]["code"] == "bad-frame"
+    assert h.transport.disconnecting
+
+
+def test_nonfatal_refusal_keeps_the_connection(h: Harness) -> None:
+    """A handler's non-fatal ProtocolError is sent as E and the connection stays usable."""
+    h.login()
+    h.send(b"W")
+    assert h.frames()[0][1]["code"] == "busy"
+    assert not h.transport.disconnecting
+    h.send(b"Z", b"still here")
+    assert h.proto.got == [b"still here"]
+
+
+def test_a_bug_in_a_handler_is_internal_and_logged(
+    h: Harness, loggedErrors: list[dict[str, Any]]
+) -> None:
+    """Our own bug: the peer sees only E internal; the traceback goes to the log."""
+    h.login()
+    h.send(b"Y")
+    [(kind, err)] = h.frames()
+    assert (kind, err["code"]) == (b"E", "internal")
+    assert "bug" not in err["message"]
+    assert len(loggedErrors) == 1
+    loggedErrors.clear()
+
+
+def test_frames_pipelined_with_auth_wait_for_it(h: Harness) -> None:
+    """A, then service frames in the same read: the frames are served after the login."""
+    h.frames()
+    h.proto.dataReceived(
+        encodeFrame(b"A", json.dumps({"token": h.token}).encode()) + encodeFrame(b"Z", b"1")
+    )
+    assert h.proto.got == [b"1"]
+
+
+def test_error_codes_are_the_contract() -> None:
+    """The codes are exactly PROTOCOL.md's list."""
+    assert len(ERROR_CODES) == 15
+    assert "checksum-mismatch" in ERROR_CODES
