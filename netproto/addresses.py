@@ -25,6 +25,6 @@ def describePeer(transport: ITransport | None) -> str:
     if transport is None:
         return "?"
     try:
-        return describeAddress(transport.getPeer())  # type: ignore[attr-defined]
+        return describeAddress(transport.getPeer())
     except Exception:  # a transport that cannot say who it talks to
         return "?"

@@ -34,11 +34,10 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorThreads
 from zope.interface import Attribute, Interface, implementer
 
 #: The avatar name of a client that authenticated with the token.
-TOKEN_USER: Final = "token"
+TOKEN_USER: Final = "token"  # noqa: S105 - a user name, not a secret
 
 # scrypt cost: n=2**15, r=8, p=1 takes ~50-100 ms and 32 MiB per check.
 SCRYPT_N: Final = 2**15
@@ -85,7 +84,7 @@ class TokenChecker:
     def __init__(self, token: str) -> None:
         self._token = token.encode("utf-8")
 
-    def requestAvatarId(self, credentials: ITokenCredentials) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: ITokenCredentials) -> Deferred[bytes | tuple[()]]:
         offered = credentials.token.encode("utf-8", "replace")
         if hmac.compare_digest(offered, self._token):
             return succeed(TOKEN_USER.encode())
@@ -140,8 +139,8 @@ def readUsersFile(path: Path) -> dict[str, str]:
         text = path.read_text("utf-8")
     except OSError as e:
         raise AuthSetupError(f"cannot read users file {path}: {e.strerror}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, encoded = line.partition(":")
@@ -188,7 +187,7 @@ class UsersFileChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, path: Path, reactor: IReactorThreads) -> None:
+    def __init__(self, path: Path, reactor: Any) -> None:
         self.path = path
         self._reactor = reactor
         self._mtime: float | None = None
@@ -196,13 +195,16 @@ class UsersFileChecker:
         self._load()
 
     def _load(self) -> dict[str, str]:
-        mtime = self.path.stat().st_mtime if self.path.exists() else None
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError as e:
+            raise AuthSetupError(f"cannot read users file {self.path}: {e.strerror}") from None
         if mtime != self._mtime:
             self._users = readUsersFile(self.path)
             self._mtime = mtime
         return self._users
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
         try:
             users = self._load()
         except (AuthSetupError, OSError) as e:
@@ -211,14 +213,14 @@ class UsersFileChecker:
         encoded = users.get(name, _DUMMY_HASH)
         password = credentials.password.decode("utf-8", "replace")
         d: Deferred[bool] = threads.deferToThreadPool(
-            self._reactor,  # type: ignore[arg-type]
+            self._reactor,
             self._reactor.getThreadPool(),
             verifyPassword,
             password,
             encoded,
         )
 
-        def decide(ok: bool) -> bytes:
+        def decide(ok: bool) -> bytes | tuple[()]:
             if ok and name in users:
                 return name.encode("utf-8")
             raise UnauthorizedLogin("unknown user or wrong password")
@@ -231,10 +233,10 @@ class NetprotoRealm:
     """Gives every authenticated id a :class:`User` avatar."""
 
     def requestAvatar(
-        self, avatarId: bytes, mind: object, *interfaces: Any
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
     ) -> tuple[Any, User, Callable[[], None]]:
-        if IUser not in interfaces:
-            raise NotImplementedError("netproto only hands out IUser avatars")
+        if IUser not in interfaces or not isinstance(avatarId, bytes):
+            raise NotImplementedError("netproto only hands out IUser avatars for named ids")
         return IUser, User(avatarId.decode("utf-8")), lambda: None
 
 
@@ -272,7 +274,9 @@ def _readToken(path: Path) -> str:
             )
         token = f.read(1024).strip()
     if len(token) < 22:  # 128 bits in URL-safe base64
-        raise AuthSetupError(f"token file {path} holds no usable token; delete it to make a new one")
+        raise AuthSetupError(
+            f"token file {path} holds no usable token; delete it to make a new one"
+        )
     return token
 
 
@@ -285,7 +289,7 @@ def readClientToken(path: Path) -> str:
 
 
 def makePortal(
-    dataDir: Path, usersFile: Path | None, reactor: IReactorThreads
+    dataDir: Path, usersFile: Path | None, reactor: Any
 ) -> tuple[Portal, tuple[str, ...], Path | None]:
     """The portal for the framed services, the auth methods it offers, and the token path.
 

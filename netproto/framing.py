@@ -210,9 +210,7 @@ class FramedProtocol(Int32StringReceiver):
         if ITCPTransport.providedBy(self.transport):
             # Small control frames must not wait for Nagle's algorithm.
             self.transport.setTcpNoDelay(True)
-        self.log.info(
-            "{service}: connection from {peer}", service=self.serviceName, peer=self.peer
-        )
+        self.log.info("{service}: connection from {peer}", service=self.serviceName, peer=self.peer)
         ctx = self.factory.context
         self.sendJSON(
             b"H",
@@ -301,7 +299,7 @@ class FramedProtocol(Int32StringReceiver):
             self._handlerFailed(Failure())
 
     def _handlerFailed(self, failure: Failure) -> None:
-        if failure.check(ProtocolError):
+        if isinstance(failure.value, ProtocolError):
             self.fail(failure.value)
             return
         self.log.failure(
@@ -434,7 +432,7 @@ class FramedFactory(ServerFactory):
     :ivar authFailureDelay: seconds between a failed ``A`` and its answer.
     """
 
-    protocol = FramedProtocol
+    protocol = FramedProtocol  # type: ignore[assignment]
     graceTimeout: float = 30.0
     authFailureDelay: float = 1.0
 

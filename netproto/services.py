@@ -56,8 +56,13 @@ class ServerContext:
 
     def login(self, credentials: ICredentials) -> Deferred[IUser]:
         """Check ``credentials``; fires with the :class:`IUser` avatar."""
-        d = self.portal.login(credentials, None, IUser)
-        return d.addCallback(lambda result: result[1])
+        d: Deferred[tuple[Any, Any, Any]] = self.portal.login(credentials, None, IUser)
+
+        def avatar(result: tuple[Any, Any, Any]) -> IUser:
+            user: IUser = result[1]
+            return user
+
+        return d.addCallback(avatar)
 
 
 class INetprotoService(Interface):
@@ -153,19 +158,17 @@ class ListeningService(Service):
 
     Like ``StreamServerEndpointService``, but for datagrams too, and it logs
     the bound address, so port 0 is usable (tests read the log line). A
-    failure to listen at startup raises, so ``twistd`` exits with the reason.
+    failure to listen at startup ends ``twistd`` with that reason in one line.
     """
 
     log = Logger()
 
-    def __init__(
-        self, service: INetprotoService, description: str, context: ServerContext
-    ) -> None:
+    def __init__(self, service: INetprotoService, description: str, context: ServerContext) -> None:
         self.service = service
         self.description = description
         self.context = context
         self.port: IListeningPort | None = None
-        self.setName(service.name)
+        self.setName(f"{service.name} on {description}")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -182,7 +185,11 @@ class ListeningService(Service):
             d.addCallback(self._listening)
             d.addErrback(failures.append)
             if failures:
-                failures[0].raiseException()
+                # One line for the operator, not a traceback; twistd exits with status 1.
+                raise SystemExit(
+                    f"netproto: cannot serve {self.service.name} on {self.description}: "
+                    f"{failures[0].getErrorMessage()}"
+                )
             return
         self._listening(self.port)
 
@@ -204,7 +211,8 @@ class ListeningService(Service):
         port, self.port = self.port, None
         if port is None:
             return None
-        return port.stopListening()  # type: ignore[no-any-return]
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
 
 
 def makeServices(
@@ -220,4 +228,3 @@ def makeServices(
             raise ServiceError(f"unknown service {name!r} (known: {known})")
         made.append(ListeningService(services[name], description, context))
     return made
-

@@ -8,6 +8,7 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,21 @@ class ServerOptions(usage.Options):
     )
     optFlags = [["list-services", None, "List the service plugins found, then exit."]]
     optParameters = [
-        ["data-dir", None, None, "Server state (the token). [default: $NETPROTO_HOME, "
-         "$XDG_DATA_HOME/netproto or ~/.local/share/netproto]"],
+        [
+            "data-dir",
+            None,
+            None,
+            "Server state (the token). [default: $NETPROTO_HOME, "
+            "$XDG_DATA_HOME/netproto or ~/.local/share/netproto]",
+        ],
         ["upload-dir", None, None, "Where uploads land. [default: DATA_DIR/uploads]"],
-        ["users", None, None, "Users file (NAME:HASH lines from `netproto passwd`); "
-         "with it, exec and upload take passwords instead of the token."],
+        [
+            "users",
+            None,
+            None,
+            "Users file (NAME:HASH lines from `netproto passwd`); "
+            "with it, exec and upload take passwords instead of the token.",
+        ],
     ]
 
     services: dict[str, INetprotoService] = {}
@@ -165,9 +176,26 @@ def Options() -> ServerOptions:
     return optionsFor(services)()
 
 
+def raiseFileLimit() -> int:
+    """Raise the soft limit on open files to the hard limit; every client is a descriptor.
+
+    Returns the limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warn("netproto: cannot raise the open-file limit above {soft}", soft=soft)
+    return soft
+
+
 def makeService(options: ServerOptions) -> IServiceCollection:
     """A ``MultiService`` with one listening service per endpoint."""
     assert options.context is not None, "postOptions has run"
+    raiseFileLimit()
     top = MultiService()
     for child in makeServices(options.services, options.endpoints, options.context):
         child.setServiceParent(top)

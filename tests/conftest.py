@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +19,11 @@ def failOnLoggedErrors(request: pytest.FixtureRequest) -> Iterator[list[dict[str
         if event.get("log_level") in (LogLevel.error, LogLevel.critical) or "log_failure" in event:
             errors.append(event)
 
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
         yield errors
     finally:
-        globalLogPublisher.removeObserver(observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
     if errors:
         texts = []
         for event in errors:

@@ -24,7 +24,7 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from netproto.auth import makePortal
+from netproto import testing
 from netproto.services import ServerContext
 
 T = TypeVar("T")
@@ -40,29 +40,19 @@ def makeContext(
     options: Mapping[str, Any] | None = None,
     usersFile: Path | None = None,
 ) -> ServerContext:
-    """A server context with a fresh data dir under ``tmp`` (token auth unless ``usersFile``)."""
-    reactor = globalReactor if reactor is None else reactor
-    dataDir = tmp / "data"
-    dataDir.mkdir(mode=0o700, exist_ok=True)
-    portal, methods, _ = makePortal(dataDir, usersFile, reactor)
-    return ServerContext(
-        reactor=reactor,
-        portal=portal,
-        authMethods=methods,
-        dataDir=dataDir,
-        uploadDir=dataDir / "uploads",
-        options=dict(options or {}),
+    """:func:`netproto.testing.makeContext`, on the real reactor unless told otherwise."""
+    return testing.makeContext(
+        tmp, globalReactor if reactor is None else reactor, options, usersFile
     )
 
 
-def token(context: ServerContext) -> str:
-    return (context.dataDir / "token").read_text().strip()
+token = testing.readToken
 
 
 async def eventually(
     predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01
 ) -> T:
-    """Poll ``predicate`` on the reactor until it returns something true, or fail at the deadline."""
+    """Poll ``predicate`` on the reactor until it returns something true; fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -177,7 +167,7 @@ class Twistd:
                 self.lines.append(line)
                 m = _LISTENING.search(line)
                 if m:
-                    self.addresses[m.group(1)] = m.group(2)
+                    self.addresses.setdefault(m.group(1), m.group(2))
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -219,6 +209,8 @@ class Twistd:
             return self.proc.wait(timeout)
         finally:
             self._reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
     @property
     def log(self) -> str:
@@ -247,9 +239,7 @@ def runTwistd(
     for name in ("chat", "exec", "upload"):
         if f"--{name}" not in args:
             endpoints += [f"--{name}", "tcp:0:interface=127.0.0.1" if name in services else "none"]
-    server = Twistd(
-        [*runner, "netproto", *endpoints, *args], twistdEnv(home, env), cwd=tmp
-    )
+    server = Twistd([*runner, "netproto", *endpoints, *args], twistdEnv(home, env), cwd=tmp)
     try:
         server.waitListening(*services)
         yield server

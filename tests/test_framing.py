@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -17,9 +18,9 @@ from netproto.framing import (
     DEFAULT_MAX_FRAME,
     PRE_AUTH_MAX_FRAME,
     EmptyFrame,
+    FrameDecoder,
     FramedFactory,
     FramedProtocol,
-    FrameDecoder,
     FrameTooLarge,
     State,
     decodeJSON,
@@ -85,7 +86,7 @@ def test_decoder_is_independent_of_how_bytes_are_split(
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     d = FrameDecoder(1000)
     out = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         d.feed(stream[a:b])
         while (frame := d.next()) is not None:
             out.append(frame)
@@ -164,16 +165,25 @@ def parseFrames(data: bytes) -> list[tuple[bytes, Any]]:
 
 
 class Harness:
+    """One Recorder connection on a StringTransport, its time on a MemoryReactorClock."""
+
+    proto: Recorder
+    transport: StringTransport
+
     def __init__(self, tmp_path: Path) -> None:
         self.clock = MemoryReactorClock()
         self.context = makeContext(tmp_path, reactor=self.clock)
         self.factory = RecorderFactory(self.context)
+        self.token: str = token(self.context)
+        self.connect()
+
+    def connect(self) -> None:
+        """A new connection (the previous one is simply forgotten)."""
         proto = self.factory.buildProtocol(None)
         assert isinstance(proto, Recorder)
         self.proto = proto
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
-        self.token = token(self.context)
 
     def frames(self) -> list[tuple[bytes, Any]]:
         out = parseFrames(self.transport.value())
@@ -298,12 +308,7 @@ def test_limit_rises_after_auth(h: Harness) -> None:
     h.proto.dataReceived(struct.pack(">I", PRE_AUTH_MAX_FRAME + 1))
     assert h.frames()[0][1]["code"] == "frame-too-large"
 
-    other = Harness.__new__(Harness)
-    other.__dict__.update(h.__dict__)
-    proto = h.factory.buildProtocol(None)
-    assert isinstance(proto, Recorder)
-    h.proto, h.transport = proto, StringTransport()
-    proto.makeConnection(h.transport)
+    h.connect()
     h.login()
     h.send(b"Z", b"x" * (DEFAULT_MAX_FRAME - 1))
     assert h.proto.got == [b"x" * (DEFAULT_MAX_FRAME - 1)]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -90,12 +90,12 @@ class FramedClient(Protocol):
                 self._frames.append(frame)
         if len(self._frames) > self.highWater and not self._paused and self.transport:
             self._paused = True
-            self.transport.pauseProducing()
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def _lose(self, error: Exception) -> None:
         self._closed = Failure(error)
         if self.transport is not None:
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionClosed("closed"))) -> None:  # noqa: B008
         self.connected = False
@@ -110,11 +110,12 @@ class FramedClient(Protocol):
             frame = self._frames.popleft()
             if self._paused and len(self._frames) <= self.highWater // 2 and self.transport:
                 self._paused = False
-                self.transport.resumeProducing()
+                cast(IPushProducer, self.transport).resumeProducing()
             d: Deferred[tuple[bytes, bytes]] = Deferred()
             d.callback(frame)
         elif self._closed is not None:
-            return Deferred.fromFailure(self._closed)
+            closed: Deferred[tuple[bytes, bytes]] = fail(self._closed)
+            return closed
         else:
             d = Deferred()
             self._waiting.append(d)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.protocols.basic import LineOnlyReceiver
 
 from netproto.services import ServerContext
@@ -13,22 +12,20 @@ class LineEcho(LineOnlyReceiver):
     """Sends every line back, CRLF-terminated; an over-long line closes the connection."""
 
     delimiter = b"\n"
+    factory: LineEchoFactory
+
+    def connectionMade(self) -> None:
+        self.MAX_LENGTH = self.factory.maxLine
 
     def lineReceived(self, line: bytes) -> None:
         self.sendLine(line.rstrip(b"\r") + b"\r")
 
 
 class LineEchoFactory(Factory):
-    protocol = LineEcho
+    protocol = LineEcho  # type: ignore[assignment]
 
     def __init__(self, maxLine: int) -> None:
         self.maxLine = maxLine
-
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
-        proto = super().buildProtocol(addr)
-        if isinstance(proto, LineEcho):
-            proto.MAX_LENGTH = self.maxLine
-        return proto
 
 
 def makeEchoFactory(context: ServerContext) -> LineEchoFactory:

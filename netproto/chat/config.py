@@ -1,0 +1,64 @@
+"""The chat service's limits, in one place, with the reason for each default.
+
+``twistd netproto --chat-*`` options arrive in ``ServerContext.options``;
+:meth:`ChatConfig.fromOptions` turns them into this object, which the state, the
+protocol and the factory read. Tests build one directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """Every limit of one chat server.
+
+    :ivar history: messages per room replayed to a joiner; 0 keeps none.
+        Twenty lines are a screenful of context without flooding a newcomer.
+    :ivar maxLine: longest input line in bytes (the CR of CRLF not counted);
+        PROTOCOL.md section 1 says 4096.
+    :ivar maxQueue: bytes of output a client may leave unread before it is cut
+        off (256 KiB by contract). Counted from the moment the transport reports
+        its buffer full, less the transport's own threshold (see
+        :data:`netproto.chat.protocol.TRANSPORT_BUFFER`).
+    :ivar rate: sustained lines per second per client; 0 turns flood control off.
+    :ivar burst: lines a client may send back to back before ``rate`` applies.
+    :ivar maxClients: connections in total (0: no cap). Ten thousand leaves room
+        for the 5000-member benchmark and then some; each idle member costs
+        about 3 KiB.
+    :ivar maxPerAddress: connections from one IP address (0: no cap); 64 lets a
+        household or a NAT share an address but stops one host taking all slots.
+    :ivar idleTimeout: seconds without a line before a client is disconnected;
+        0 (the default) never disconnects a quiet reader.
+    """
+
+    history: int = 20
+    maxLine: int = 4096
+    maxQueue: int = 256 * 1024
+    rate: float = 20.0
+    burst: int = 40
+    maxClients: int = 10000
+    maxPerAddress: int = 64
+    idleTimeout: float = 0.0
+
+    @classmethod
+    def fromOptions(cls, options: Mapping[str, Any]) -> ChatConfig:
+        """The config from parsed ``twistd netproto`` options; missing ones keep their defaults."""
+        names = {
+            "history": ("chat-history", int),
+            "maxLine": ("chat-max-line", int),
+            "maxQueue": ("chat-max-queue", int),
+            "rate": ("chat-rate", float),
+            "burst": ("chat-burst", int),
+            "maxClients": ("chat-max-clients", int),
+            "maxPerAddress": ("chat-max-per-address", int),
+            "idleTimeout": ("chat-idle-timeout", float),
+        }
+        values: dict[str, Any] = {}
+        for attr, (option, kind) in names.items():
+            if options.get(option) is not None:
+                values[attr] = kind(options[option])
+        return cls(**values)

@@ -1,0 +1,462 @@
+"""The upload store: safe, atomic, durable files in the upload directory.
+
+Every function here does blocking disk I/O and is meant to run in a worker
+thread (the protocol hands it to one through its executor); none of it
+touches the reactor. The promises:
+
+* **Nothing outside the upload directory.** The directory is opened once;
+  every name is then walked segment by segment, each opened relative to its
+  parent's handle with ``O_DIRECTORY | O_NOFOLLOW`` (``O_NOFOLLOW`` on files),
+  so neither ``..`` nor an absolute path nor a symbolic link planted inside
+  the tree nor a swap between a check and a use can lead outside it. A
+  symbolic link where a directory is needed refuses the name; one under the
+  final name is replaced (with ``overwrite``), never followed.
+* **Nothing half-written under a final name.** Data goes to a partial file
+  beside its destination (:func:`netproto.upload.names.partialName`), is
+  hashed while written, and only after the size and the SHA-256 match is it
+  fsynced, renamed into place atomically (``renameat2(RENAME_NOREPLACE)``
+  unless overwriting, so a file that appeared meanwhile is never replaced)
+  and the directory fsynced.
+* **One writer per partial file.** A partial file is held under an exclusive
+  ``flock`` while in use: another upload of the same name and size, in this
+  process or another, is told ``busy``, and the sweeper leaves it alone.
+* **Resume.** A partial file's length is the offset to continue from; it is
+  kept after an interrupted transfer that asked for resume, and removed by
+  :meth:`UploadStore.sweep` once untouched for the resume TTL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Final
+
+from twisted.logger import Logger
+
+from netproto.errors import ProtocolError
+from netproto.upload.names import isPartialName, partialName
+
+log = Logger()
+
+WriteFunction = Callable[[int, memoryview], int]
+
+#: Bytes read per call when re-hashing kept data for a resume.
+REHASH_CHUNK: Final = 1 << 20
+#: Errors that mean the disk (or the user's quota) is full.
+NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under a partial name must not block the open.
+_PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+RENAME_NOREPLACE: Final = 1
+
+
+def _loadRenameat2() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function: Callable[..., int] = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _loadRenameat2()
+
+
+def renameNoReplace(dirFD: int, src: bytes, dst: bytes) -> None:
+    """Rename ``src`` to ``dst`` in one directory, failing with ``EEXIST``
+    rather than replacing an existing ``dst``, atomically.
+
+    ``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it
+    (Linux 3.15+, ext4, xfs, btrfs, tmpfs); otherwise ``link`` then
+    ``unlink``, which is just as atomic about not replacing (``link`` fails
+    with ``EEXIST``) and only briefly shows the data under both names.
+    """
+    if _renameat2 is not None:
+        if _renameat2(dirFD, src, dirFD, dst, RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), dst.decode("utf-8", "replace"))
+    os.link(src, dst, src_dir_fd=dirFD, dst_dir_fd=dirFD, follow_symlinks=False)
+    os.unlink(src, dir_fd=dirFD)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _text(segments: Iterable[bytes]) -> str:
+    return "/".join(s.decode("utf-8", "replace") for s in segments)
+
+
+def osError(e: OSError, what: str) -> ProtocolError:
+    """The peer's view of an OS error: ``no-space``, ``not-allowed``, else ``internal``
+    (not fatal: the connection stays usable, and the operator sees it in the log)."""
+    if e.errno in NO_SPACE_ERRNOS:
+        return ProtocolError("no-space", f"{what}: the server's disk is full")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ProtocolError("not-allowed", f"{what}: {e.strerror}")
+    log.error("upload: {what}: {error}", what=what, error=e)
+    return ProtocolError("internal", f"{what}: server I/O error", fatal=False)
+
+
+class PartialFile:
+    """One upload's data on its way to its final name.
+
+    Not thread-safe: the protocol runs at most one method of it at a time,
+    always in a worker thread.
+
+    :ivar offset: bytes kept from an earlier transfer (the ``K ready`` offset).
+    :ivar written: bytes in the file so far, kept ones included.
+    """
+
+    def __init__(
+        self,
+        store: UploadStore,
+        dirFD: int,
+        fd: int,
+        leaf: bytes,
+        part: bytes,
+        name: str,
+        size: int,
+        offset: int,
+        hasher: hashlib._Hash,
+    ) -> None:
+        self.store = store
+        self.dirFD = dirFD
+        self.fd = fd
+        self.leaf = leaf
+        self.part = part
+        self.name = name
+        self.size = size
+        self.offset = offset
+        self.written = offset
+        self.hasher = hasher
+        self.closed = False
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        """Hash and append ``chunks``, in order.
+
+        :raises ProtocolError: ``no-space`` when the disk is full (the data
+            written so far stays; the caller removes it with :meth:`discard`).
+        """
+        write, fd, update = self.store.write, self.fd, self.hasher.update
+        for chunk in chunks:
+            # Hashing first: the buffer is hot in the cache for the write.
+            update(chunk)
+            with memoryview(chunk) as view:
+                done, total = 0, len(view)
+                while done < total:
+                    try:
+                        done += write(fd, view[done:])
+                    except OSError as e:
+                        raise osError(e, self.name) from None
+            self.written += total
+
+    def finish(self, sha256: str, overwrite: bool) -> str:
+        """Check the size and digest, then make the file durable under its final name.
+
+        On success the file is closed and its SHA-256 (hex) returned; on any
+        :class:`ProtocolError` the partial file is left for the caller to
+        :meth:`discard`.
+        """
+        if self.written != self.size:
+            raise ProtocolError(
+                "size-mismatch",
+                f"{self.name}: {self.written} bytes received, {self.size} announced",
+            )
+        digest = self.hasher.hexdigest()
+        if digest != sha256:
+            raise ProtocolError(
+                "checksum-mismatch",
+                f"{self.name}: the SHA-256 of the received data is {digest}, not {sha256}",
+            )
+        try:
+            os.fsync(self.fd)
+            if overwrite:
+                os.rename(self.part, self.leaf, src_dir_fd=self.dirFD, dst_dir_fd=self.dirFD)
+            else:
+                renameNoReplace(self.dirFD, self.part, self.leaf)
+        except (FileExistsError, IsADirectoryError):
+            raise ProtocolError(
+                "exists", f"{self.name} appeared on the server during the upload"
+            ) from None
+        except OSError as e:
+            raise osError(e, self.name) from None
+        # From here the file is complete under its name: closing cannot undo that.
+        try:
+            os.fsync(self.dirFD)
+        except OSError as e:
+            raise osError(e, f"{self.name} (directory sync)") from None
+        finally:
+            self._close()
+        return digest
+
+    def keep(self) -> None:
+        """Close, keeping the data for a later resume (synced, so it survives more than a crash)."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError:
+            pass
+        self._close()
+
+    def discard(self) -> None:
+        """Remove the partial data and close."""
+        if self.closed:
+            return
+        try:
+            os.unlink(self.part, dir_fd=self.dirFD)
+        except FileNotFoundError:
+            pass
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            _close(self.fd)
+            _close(self.dirFD)
+
+
+class UploadStore:
+    """The upload directory and the rules for writing into it.
+
+    :param root: the upload directory; created (mode 0700) if missing. It is
+        opened once: if it is later moved or replaced, uploads keep going to
+        the directory that was opened.
+    :param resumeTTL: seconds a partial file may stay untouched before
+        :meth:`sweep` removes it (and before a ``P`` stops resuming from it).
+    :param minFree: bytes of free space an accepted upload must leave.
+    :param write: ``os.write``; tests inject a full disk here.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        resumeTTL: float,
+        minFree: int = 0,
+        write: WriteFunction = os.write,
+    ) -> None:
+        self.root = root
+        self.resumeTTL = resumeTTL
+        self.minFree = minFree
+        self.write = write
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.rootFD = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.rootFD >= 0:
+            _close(self.rootFD)
+            self.rootFD = -1
+
+    # -- P: starting an upload ---------------------------------------------------
+
+    def begin(
+        self,
+        segments: Sequence[bytes],
+        size: int,
+        overwrite: bool,
+        resume: bool,
+        now: float,
+    ) -> PartialFile:
+        """Open (or, with ``resume``, reopen) the partial file for an upload.
+
+        :param now: the current wall-clock time, for the resume TTL.
+        :raises ProtocolError: ``exists``, ``busy``, ``invalid-name``,
+            ``no-space``, ``not-allowed``; nothing is left behind but
+            intermediate directories.
+        """
+        name = _text(segments)
+        self._checkFree(self.rootFD, size, name)
+        dirFD = self._openParent(segments[:-1], name)
+        try:
+            return self._beginIn(dirFD, segments[-1], name, size, overwrite, resume, now)
+        except BaseException:
+            _close(dirFD)
+            raise
+
+    def _beginIn(
+        self,
+        dirFD: int,
+        leaf: bytes,
+        name: str,
+        size: int,
+        overwrite: bool,
+        resume: bool,
+        now: float,
+    ) -> PartialFile:
+        try:
+            existing = os.stat(leaf, dir_fd=dirFD, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise osError(e, name) from None
+        else:
+            if stat.S_ISDIR(existing.st_mode):
+                raise ProtocolError("exists", f"{name} is a directory on the server")
+            if not overwrite:
+                raise ProtocolError("exists", f"{name} exists (ask to overwrite it)")
+        part = partialName(leaf, size)
+        fd = self._lockPartial(dirFD, part, name)
+        offset = 0
+        try:
+            info = os.fstat(fd)
+            if resume and 0 < info.st_size <= size and now - info.st_mtime <= self.resumeTTL:
+                offset = info.st_size
+            else:
+                os.ftruncate(fd, 0)
+            self._checkFree(fd, size - offset, name)
+            hasher = hashlib.sha256()
+            if offset:
+                self._rehash(fd, offset, hasher)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException as e:
+            if not offset:
+                try:
+                    os.unlink(part, dir_fd=dirFD)
+                except OSError:
+                    pass
+            _close(fd)
+            if isinstance(e, OSError):
+                raise osError(e, name) from None
+            raise
+        return PartialFile(self, dirFD, fd, leaf, part, name, size, offset, hasher)
+
+    def _checkFree(self, fd: int, needed: int, name: str) -> None:
+        try:
+            vfs = os.fstatvfs(fd)
+        except OSError as e:
+            raise osError(e, name) from None
+        free = vfs.f_bavail * vfs.f_frsize
+        if free - self.minFree < needed:
+            raise ProtocolError(
+                "no-space",
+                f"{name}: {needed} bytes do not fit: the server has {free} bytes free "
+                f"and keeps {self.minFree}",
+            )
+
+    def _openParent(self, segments: Sequence[bytes], name: str) -> int:
+        """A handle on the directory of the final name, creating what is missing;
+        no segment may be a symbolic link or anything but a directory."""
+        fd = os.dup(self.rootFD)
+        try:
+            for i, segment in enumerate(segments):
+                created = False
+                try:
+                    os.mkdir(segment, 0o755, dir_fd=fd)
+                    created = True
+                except FileExistsError:
+                    pass
+                try:
+                    child = os.open(segment, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                        where = _text(segments[: i + 1])
+                        raise ProtocolError(
+                            "invalid-name",
+                            f"{name}: {where} on the server is not a directory "
+                            "(a file or a symbolic link is in the way)",
+                        ) from None
+                    raise
+                if created:
+                    # The new entry must be as durable as the file that will need it.
+                    os.fsync(fd)
+                _close(fd)
+                fd = child
+        except OSError as e:
+            _close(fd)
+            raise osError(e, name) from None
+        except BaseException:
+            _close(fd)
+            raise
+        return fd
+
+    def _lockPartial(self, dirFD: int, part: bytes, name: str) -> int:
+        """Open and exclusively lock the partial file ``part``; ``busy`` if another
+        upload holds it. The lock is retaken if the file was renamed or removed
+        between the open and the lock."""
+        for _ in range(5):
+            fd = os.open(part, _PART_FLAGS, 0o644, dir_fd=dirFD)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ProtocolError(
+                        "internal", f"{name}: partial file is not a regular file", fatal=False
+                    )
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ProtocolError(
+                        "busy", f"{name} is being uploaded by another connection"
+                    ) from None
+                if _sameFile(fd, dirFD, part):
+                    os.set_blocking(fd, True)
+                    return fd
+            except BaseException:
+                _close(fd)
+                raise
+            _close(fd)
+        raise ProtocolError("busy", f"{name}: partial file keeps changing")
+
+    def _rehash(self, fd: int, length: int, hasher: hashlib._Hash) -> None:
+        """Feed the first ``length`` bytes of ``fd`` to ``hasher`` (a hash state
+        cannot be saved, so a resume re-reads what it kept)."""
+        buf = bytearray(min(REHASH_CHUNK, length))
+        view = memoryview(buf)
+        position = 0
+        while position < length:
+            n = os.preadv(fd, [view[: min(len(buf), length - position)]], position)
+            if n <= 0:
+                raise OSError(errno.EIO, "partial file shorter than its length")
+            hasher.update(view[:n])
+            position += n
+
+    # -- expiry ------------------------------------------------------------------
+
+    def sweep(self, now: float) -> int:
+        """Remove partial files untouched for longer than the resume TTL, in
+        the whole tree; those in use (locked) are left. Returns how many went."""
+        removed = 0
+        for _, _, files, dirFD in os.fwalk(".", dir_fd=self.rootFD, follow_symlinks=False):
+            for entry in files:
+                if isPartialName(entry) and self._expire(dirFD, os.fsencode(entry), now):
+                    removed += 1
+        return removed
+
+    def _expire(self, dirFD: int, entry: bytes, now: float) -> bool:
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirFD)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if now - os.fstat(fd).st_mtime <= self.resumeTTL or not _sameFile(fd, dirFD, entry):
+                return False
+            os.unlink(entry, dir_fd=dirFD)
+            return True
+        except OSError:
+            return False
+        finally:
+            _close(fd)
+
+
+def _sameFile(fd: int, dirFD: int, entry: bytes) -> bool:
+    """Whether ``entry`` in ``dirFD`` still names the file open as ``fd``."""
+    try:
+        there = os.stat(entry, dir_fd=dirFD, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)

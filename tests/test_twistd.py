@@ -1,0 +1,144 @@
+"""End to end: ``twistd netproto`` and ``twist netproto`` as subprocesses, from anywhere."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import BIN, TWISTD, BlockingFramed, Twistd, runTwistd, twistdEnv
+
+pytestmark = pytest.mark.e2e
+
+
+def test_twistd_help_lists_netproto_from_any_directory(tmp_path: Path) -> None:
+    """After the install, twistd finds the dropin wherever it is run (here: an empty dir)."""
+    result = subprocess.run(
+        [TWISTD, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "netproto" in result.stdout
+    assert "chat, remote exec and verified file upload" in result.stdout
+
+
+def test_twistd_netproto_help_shows_service_options(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [TWISTD, "netproto", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for option in ("--chat=", "--exec=", "--upload=", "--data-dir=", "--users=", "--service="):
+        assert option in result.stdout
+
+
+def test_bad_option_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A mistake on the command line: a clear message, no traceback, non-zero exit."""
+    result = subprocess.run(
+        [TWISTD, "-n", "netproto", "--chat", "tcp:notaport"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=twistdEnv(tmp_path),
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "chat endpoint 'tcp:notaport'" in output
+    assert "Traceback" not in output
+
+
+def test_port_in_use_fails_startup_cleanly(tmp_path: Path) -> None:
+    """A port someone else holds: twistd exits non-zero and says why."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile=-",
+                "netproto",
+                "--chat",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--exec",
+                "none",
+                "--upload",
+                "none",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=twistdEnv(tmp_path),
+        )
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
+
+
+def test_defaults_serve_all_three_ports(tmp_path: Path) -> None:
+    """``twistd -n netproto`` with no options serves chat, exec and upload on 8000-8002."""
+    server = Twistd(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"], twistdEnv(tmp_path), cwd=tmp_path
+    )
+    try:
+        server.waitListening("chat", "exec", "upload")
+        assert server.addresses == {
+            "chat": "127.0.0.1:8000",
+            "exec": "127.0.0.1:8001",
+            "upload": "127.0.0.1:8002",
+        }
+        with socket.create_connection(("127.0.0.1", 8000), timeout=10) as s:
+            assert b"Welcome to netproto chat" in s.recv(4096)
+        for port, service in ((8001, "exec"), (8002, "upload")):
+            conn = BlockingFramed.connect(port)
+            try:
+                assert conn.recvJSON(b"H")["service"] == service
+            finally:
+                conn.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_token_is_made_at_first_start_and_its_value_never_logged(tmp_path: Path) -> None:
+    """DATA_DIR/token, mode 0600, its path in the log, its value nowhere in the log."""
+    with runTwistd(tmp_path, services=("exec",)) as server:
+        path = tmp_path / "home" / "token"
+        server.waitLog("token in ")
+        assert str(path) in server.log
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        value = path.read_text().strip()
+        assert value not in server.log
+    with runTwistd(tmp_path, services=("exec",)):
+        assert path.read_text().strip() == value
+
+
+def test_twist_runner_works_too(tmp_path: Path) -> None:
+    """The newer ``twist`` runner finds and runs netproto as well."""
+    with runTwistd(tmp_path, services=("chat",), runner=(str(BIN / "twist"),)) as server:
+        with socket.create_connection(("127.0.0.1", server.port("chat")), timeout=10) as s:
+            assert b"Welcome to netproto chat" in s.recv(4096)
+
+
+def test_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None:
+    with runTwistd(tmp_path, services=("chat", "exec", "upload")) as server:
+        code = server.stop()
+    assert code == 0
+    assert "Server Shut Down" in server.log or "Main loop terminated" in server.log
+    assert "Traceback" not in server.log
+
+
+def test_dropin_cache_is_not_committed() -> None:
+    root = Path(__file__).parent.parent
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=False
+    ).stdout
+    assert "dropin.cache" not in tracked
+    assert not (root / "twisted" / "plugins" / "__init__.py").exists()
+    assert not (root / "twisted" / "__init__.py").exists()
