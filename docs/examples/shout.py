@@ -24,7 +24,8 @@ class Shout(LineOnlyReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.sendLine(b"! line too long\r")
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 def makeFactory(context: ServerContext) -> Factory:

@@ -29,7 +29,9 @@ def test_shout_answers_in_capitals(tmp_path: Path) -> None:
     from shout import makeFactory
 
     factory = makeFactory(makeContext(tmp_path))
-    _, client, pump = serveInMemory(factory, Collector())
+    client = Collector()
+    _, _, pump = serveInMemory(factory, client)
+    assert client.transport is not None
     client.transport.write("hello, wörld\n".encode())
     pump.flush()
     assert client.received == "HELLO, WÖRLD\r\n".encode()
