@@ -58,7 +58,7 @@ def splitName(name: object) -> tuple[bytes, ...]:
     if encoded.startswith(b"/"):
         raise _refuse("absolute names are not allowed: names are relative to the upload directory")
     segments = encoded.split(b"/")
-    for raw, text in zip(segments, name.split("/")):
+    for raw, text in zip(segments, name.split("/"), strict=True):
         checkSegment(raw, text)
     return tuple(segments)
 

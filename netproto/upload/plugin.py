@@ -8,5 +8,30 @@ service = LazyService(
     defaultEndpoint="tcp:8002:interface=127.0.0.1",
     builder="netproto.upload.server.makeFactory",
     enabledByDefault=True,
-    optParameters=[],
+    optParameters=[
+        [
+            "upload-max-size",
+            None,
+            0,
+            "Largest file in bytes a client may upload; larger ones are refused "
+            "with too-large (0: no limit).",
+            int,
+        ],
+        [
+            "upload-min-free",
+            None,
+            64 * 1024 * 1024,
+            "Bytes of free space an upload must leave on the upload directory's "
+            "file system; one that would not is refused with no-space.",
+            int,
+        ],
+        [
+            "upload-resume-ttl",
+            None,
+            86400.0,
+            "Seconds the data of an interrupted upload is kept for a resume "
+            "after its last byte arrived.",
+            float,
+        ],
+    ],
 )

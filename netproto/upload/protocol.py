@@ -29,9 +29,10 @@ import enum
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from netproto.errors import ProtocolError
@@ -113,15 +114,15 @@ class Upload:
 
     __slots__ = (
         "name",
-        "segments",
-        "size",
-        "overwrite",
-        "resume",
-        "partial",
         "offset",
-        "received",
+        "overwrite",
+        "partial",
         "pending",
         "pendingBytes",
+        "received",
+        "resume",
+        "segments",
+        "size",
         "writing",
     )
 
@@ -182,10 +183,11 @@ class UploadProtocol(FramedProtocol):
     def _expect(self, kind: bytes) -> None:
         if kind not in PHASE_FRAMES[self.phase]:
             raise ProtocolError(
-                "bad-frame", f"a {kind.decode('latin-1')!r} frame is not valid while {self.phase.value}"
+                "bad-frame",
+                f"a {kind!r} frame is not valid while {self.phase.value}",
             )
 
-    def putReceived(self, payload: bytes) -> Deferred[None] | None:
+    def putReceived(self, payload: bytes) -> Deferred[Any]:
         """``P``: check the request, then open the partial file off the reactor."""
         self._expect(b"P")
         request = decodeJSON(payload)
@@ -215,13 +217,13 @@ class UploadProtocol(FramedProtocol):
             resume,
             self.factory.context.reactor.seconds(),
         )
-        d.addCallbacks(self._opened, self._openFailed, (upload,), None, (upload,))
+        d.addCallbacks(self._opened, self._openFailed, (upload,), {}, (upload,))
         return d
 
     def _opened(self, partial: PartialFile, upload: Upload) -> None:
-        if self.upload is not upload or self.phase is not Phase.OPENING:
-            # The connection went away meanwhile.
-            self._release(partial, keep=upload.resume and self.phase is not Phase.IDLE)
+        if self.upload is not upload:
+            # The connection went away meanwhile: keep only data kept before.
+            self._release(partial, keep=upload.resume and partial.written > 0)
             return
         upload.partial = partial
         upload.offset = upload.received = partial.offset
@@ -237,16 +239,13 @@ class UploadProtocol(FramedProtocol):
         self.sendJSON(b"K", {"offset": partial.offset})
 
     def _openFailed(self, failure: Failure, upload: Upload) -> None:
+        failure.trap(ProtocolError)
         if self.upload is upload:
             self.upload = None
             self.phase = Phase.IDLE
-        failure.trap(ProtocolError)
-        error: ProtocolError = failure.value  # type: ignore[assignment]
-        if self.phase is not Phase.IDLE or self.upload is not None:
-            return
-        self.fail(error)
+            self.fail(failure.value)  # type: ignore[arg-type]
 
-    def dataReceived_(self, payload: bytes) -> None:
+    def dataFrameReceived(self, payload: bytes) -> None:
         """``D``: count, queue for the writer, and pause the client if it is ahead."""
         self._expect(b"D")
         if self.phase is Phase.DISCARDING:
@@ -273,15 +272,20 @@ class UploadProtocol(FramedProtocol):
     def _flush(self, upload: Upload) -> None:
         chunks, upload.pending = upload.pending, []
         upload.writing, upload.pendingBytes = upload.pendingBytes, 0
-        assert self.worker is not None and upload.partial is not None
+        assert self.worker is not None
+        assert upload.partial is not None
         d = self.worker.run(upload.partial.write, chunks)
-        d.addCallbacks(self._written, self._writeFailed, (upload,), None, (upload,))
+        d.addCallbacks(self._written, self._writeFailed, (upload,), {}, (upload,))
+        d.addErrback(self._handlerFailed)
 
     def _written(self, _: None, upload: Upload) -> None:
         upload.writing = 0
-        if self.upload is upload and self.phase is Phase.RECEIVING:
-            if upload.pendingBytes >= self.writeThreshold:
-                self._flush(upload)
+        if (
+            self.upload is upload
+            and self.phase is Phase.RECEIVING
+            and upload.pendingBytes >= self.writeThreshold
+        ):
+            self._flush(upload)
         self._updateFlow()
 
     def _writeFailed(self, failure: Failure, upload: Upload) -> None:
@@ -291,7 +295,7 @@ class UploadProtocol(FramedProtocol):
             self._abort(upload, failure.value)  # type: ignore[arg-type]
         self._updateFlow()
 
-    def finishReceived(self, payload: bytes) -> Deferred[None] | None:
+    def finishReceived(self, payload: bytes) -> Deferred[Any] | None:
         """``F``: hand the last data and the client's digest to the writer; it
         checks, syncs and renames, and ``K stored`` follows."""
         self._expect(b"F")
@@ -303,13 +307,15 @@ class UploadProtocol(FramedProtocol):
             self.phase = Phase.IDLE
             return None
         upload = self.upload
-        assert upload is not None and upload.partial is not None and self.worker is not None
+        assert upload is not None
+        assert upload.partial is not None
+        assert self.worker is not None
         self.phase = Phase.FINISHING
         chunks, upload.pending = upload.pending, []
         upload.writing += upload.pendingBytes
         upload.pendingBytes = 0
         d = self.worker.run(_complete, upload.partial, chunks, sha256.lower(), upload.overwrite)
-        d.addCallbacks(self._stored, self._finishFailed, (upload,), None, (upload,))
+        d.addCallbacks(self._stored, self._finishFailed, (upload,), {}, (upload,))
         return d
 
     def _stored(self, digest: str, upload: Upload) -> None:
@@ -335,7 +341,7 @@ class UploadProtocol(FramedProtocol):
             self._abort(upload, failure.value)  # type: ignore[arg-type]
         self._updateFlow()
 
-    frameHandlers = {b"P": putReceived, b"D": dataReceived_, b"F": finishReceived}
+    frameHandlers = {b"P": putReceived, b"D": dataFrameReceived, b"F": finishReceived}
 
     # -- ending a file early ------------------------------------------------------
 
@@ -381,16 +387,16 @@ class UploadProtocol(FramedProtocol):
             return
         if not self._paused and queued > self.highWater:
             self._paused = True
-            self.transport.pauseProducing()
+            cast(IPushProducer, self.transport).pauseProducing()
         elif self._paused and queued <= self.lowWater:
             self._paused = False
-            self.transport.resumeProducing()
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def _user(self) -> str:
         return self.avatar.name if self.avatar is not None else "?"
 
 
 def _complete(partial: PartialFile, chunks: list[bytes], sha256: str, overwrite: bool) -> str:
-    """In the worker: the last data, then the checks, sync and rename of :meth:`PartialFile.finish`."""
+    """In the worker: the last data, then :meth:`PartialFile.finish` (checks, sync, rename)."""
     partial.write(chunks)
     return partial.finish(sha256, overwrite)

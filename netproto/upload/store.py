@@ -27,6 +27,7 @@ touches the reactor. The promises:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -55,18 +56,26 @@ NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under a partial name must not block the open.
 _PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_PEEK_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 RENAME_NOREPLACE: Final = 1
 
 
 def _loadRenameat2() -> Callable[..., int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        function: Callable[..., int] = libc.renameat2
+        function = libc.renameat2
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     function.restype = ctypes.c_int
-    return function
+    loaded: Callable[..., int] = function
+    return loaded
 
 
 _renameat2 = _loadRenameat2()
@@ -92,10 +101,8 @@ def renameNoReplace(dirFD: int, src: bytes, dst: bytes) -> None:
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def _text(segments: Iterable[bytes]) -> str:
@@ -126,6 +133,7 @@ class PartialFile:
     def __init__(
         self,
         store: UploadStore,
+        *,
         dirFD: int,
         fd: int,
         leaf: bytes,
@@ -146,6 +154,8 @@ class PartialFile:
         self.written = offset
         self.hasher = hasher
         self.closed = False
+        #: a write failed: the data is not worth keeping for a resume
+        self.broken = False
 
     def write(self, chunks: Sequence[bytes]) -> None:
         """Hash and append ``chunks``, in order.
@@ -163,6 +173,7 @@ class PartialFile:
                     try:
                         done += write(fd, view[done:])
                     except OSError as e:
+                        self.broken = True
                         raise osError(e, self.name) from None
             self.written += total
 
@@ -206,11 +217,15 @@ class PartialFile:
         return digest
 
     def keep(self) -> None:
-        """Close, keeping the data for a later resume (synced, so it survives more than a crash)."""
-        try:
+        """Close, keeping the data for a later resume (synced, so it survives more
+        than a crash); data from a failed write is removed instead."""
+        if self.closed:
+            return
+        if self.broken:
+            self.discard()
+            return
+        with contextlib.suppress(OSError):
             os.fdatasync(self.fd)
-        except OSError:
-            pass
         self._close()
 
     def discard(self) -> None:
@@ -283,7 +298,15 @@ class UploadStore:
         self._checkFree(self.rootFD, size, name)
         dirFD = self._openParent(segments[:-1], name)
         try:
-            return self._beginIn(dirFD, segments[-1], name, size, overwrite, resume, now)
+            return self._beginIn(
+                dirFD,
+                leaf=segments[-1],
+                name=name,
+                size=size,
+                overwrite=overwrite,
+                resume=resume,
+                now=now,
+            )
         except BaseException:
             _close(dirFD)
             raise
@@ -291,6 +314,7 @@ class UploadStore:
     def _beginIn(
         self,
         dirFD: int,
+        *,
         leaf: bytes,
         name: str,
         size: int,
@@ -325,15 +349,23 @@ class UploadStore:
             os.lseek(fd, offset, os.SEEK_SET)
         except BaseException as e:
             if not offset:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(part, dir_fd=dirFD)
-                except OSError:
-                    pass
             _close(fd)
             if isinstance(e, OSError):
                 raise osError(e, name) from None
             raise
-        return PartialFile(self, dirFD, fd, leaf, part, name, size, offset, hasher)
+        return PartialFile(
+            self,
+            dirFD=dirFD,
+            fd=fd,
+            leaf=leaf,
+            part=part,
+            name=name,
+            size=size,
+            offset=offset,
+            hasher=hasher,
+        )
 
     def _checkFree(self, fd: int, needed: int, name: str) -> None:
         try:
@@ -437,7 +469,9 @@ class UploadStore:
 
     def _expire(self, dirFD: int, entry: bytes, now: float) -> bool:
         try:
-            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirFD)
+            fd = os.open(
+                entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirFD
+            )
         except OSError:
             return False
         try:
