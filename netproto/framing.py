@@ -100,6 +100,12 @@ class FrameDecoder:
     >>> d.next() is None
     True
 
+    Reads are parsed in place where possible; a frame that spans many reads
+    is accumulated in a ``bytearray`` that grows by appending. Either way each
+    byte is copied a bounded number of times (into the buffer at most twice,
+    out as payload once), however many reads a frame spans, where Twisted's
+    ``IntNStringReceiver`` re-copies its whole buffer on every read.
+
     :ivar maxFrame: the largest frame length (type byte included) accepted;
         it may be changed between frames, e.g. once the peer authenticates.
     """
@@ -108,7 +114,7 @@ class FrameDecoder:
 
     def __init__(self, maxFrame: int) -> None:
         self.maxFrame = maxFrame
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
 
     def __len__(self) -> int:
@@ -116,12 +122,27 @@ class FrameDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes; the consumed prefix is dropped first when it
-        is at least half the buffer, so copying stays linear in what arrives."""
-        if self._pos and self._pos * 2 >= len(self._buf):
-            del self._buf[: self._pos]
+        """Add received bytes."""
+        buf, pos = self._buf, self._pos
+        rest = len(buf) - pos
+        if rest == 0:
+            self._buf, self._pos = data, 0
+        elif rest <= len(data):
+            # A short tail of the last read: joining it to this read costs at
+            # most twice this read, and the result is parsed in place.
+            with memoryview(buf) as view:
+                self._buf, self._pos = bytes(view[pos:]) + data, 0
+        elif isinstance(buf, bytes):
+            # A frame that spans reads: accumulate it by appending.
+            with memoryview(buf) as view:
+                self._buf = bytearray(view[pos:])
+            self._buf += data
             self._pos = 0
-        self._buf += data
+        else:
+            if pos * 2 >= len(buf):
+                del buf[:pos]
+                self._pos = 0
+            buf += data
 
     def next(self) -> tuple[bytes, bytes] | None:
         """The next complete frame as ``(type byte, payload)``, or ``None``.
@@ -142,12 +163,14 @@ class FrameDecoder:
         if avail < 4 + length:
             return None
         kind = _TYPE_BYTES[buf[pos + 4]]
-        start, end = pos + 5, pos + 4 + length
-        with memoryview(buf) as view:
-            payload = bytes(view[start:end])
+        end = pos + 4 + length
+        if isinstance(buf, bytes):
+            payload = buf[pos + 5 : end]
+        else:
+            with memoryview(buf) as view:
+                payload = bytes(view[pos + 5 : end])
         if end == len(buf):
-            buf.clear()
-            self._pos = 0
+            self._buf, self._pos = b"", 0
         else:
             self._pos = end
         return kind, payload
