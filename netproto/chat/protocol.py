@@ -1,0 +1,232 @@
+"""The chat wire: a ``LineReceiver`` that turns bytes into lines for the chat state and
+lines from it into bytes (PROTOCOL.md section 1).
+
+What it adds to the plain line splitting, each because a real client needs it:
+
+- LF or CRLF input (one CR before the LF is dropped); telnet IAC sequences removed
+  by :class:`~netproto.chat.telnet.TelnetFilter`, created only once a 0xFF byte
+  arrives; invalid UTF-8 replaced by U+FFFD.
+- An over-long line gets ``! line too long``, the rest of it is skipped, and the
+  connection stays up.
+- Flood control as a token bucket in its "virtual scheduling" form: one float per
+  client (the time its next line is due), checked against the clock on each line;
+  no timer per client.
+- Slow readers: the connection registers itself as the transport's streaming
+  producer, so the transport says (``pauseProducing``) when its buffer passes its
+  threshold and (``resumeProducing``) when it is empty again. In between, the
+  bytes written are counted; past ``--chat-max-queue`` the client is cut off
+  (``abortConnection``: its buffer is freed at once). Nobody else waits for it.
+
+Per-connection state is a handful of slots, allocated nothing until needed: an
+idle member costs a few hundred bytes above Twisted's own transport.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netproto.addresses import describePeer
+from netproto.chat.commands import interpret
+from netproto.chat.state import ChatRoom, IParticipant, errorLine
+from netproto.chat.telnet import TelnetFilter
+
+if TYPE_CHECKING:
+    from netproto.chat.server import ChatFactory
+
+#: The threshold past which Twisted's TCP transport calls ``pauseProducing``
+#: (``FileDescriptor.bufferSize``). A client is cut off once what was written to it
+#: since then passes ``maxQueue`` minus this, so its whole queue stays near ``maxQueue``.
+TRANSPORT_BUFFER = 64 * 1024
+
+SLOW_DOWN = errorLine("slow down")
+
+_DONE = Failure(ConnectionDone())
+_FLOWING = -1  # _backlog: the transport has room
+_CUT = -2  # _backlog: cut off; everything is dropped until the connection is gone
+
+
+@implementer(IParticipant, IPushProducer)
+class ChatProtocol(LineReceiver):
+    """One chat connection: a participant of :class:`~netproto.chat.state.ChatServer`.
+
+    :ivar nick: set by the chat state.
+    :ivar room: set by the chat state; None once the participant has left.
+    """
+
+    delimiter = b"\n"
+
+    __slots__ = (
+        "nick",
+        "room",
+        "address",
+        "_tat",
+        "lastActive",
+        "_backlog",
+        "_telnet",
+        "_discarding",
+        "_pending",
+        "_throttled",
+        "_reason",
+    )
+
+    def __init__(self, chatFactory: ChatFactory, address: str | None) -> None:
+        self.factory = chatFactory
+        # One CR may precede the LF; it is not part of the line's length.
+        self.MAX_LENGTH = chatFactory.config.maxLine + 1
+        self.nick = ""
+        self.room: ChatRoom | None = None
+        #: The IP address counted against --chat-max-per-address (None: not counted).
+        self.address = address
+        self._tat = 0.0  # when the next line is due under the flood limit
+        self.lastActive = 0.0
+        self._backlog = _FLOWING
+        self._telnet: TelnetFilter | None = None
+        self._discarding = False  # skipping the rest of an over-long line
+        self._pending: bytes | None = None  # input after an over-long line
+        self._throttled = False  # "! slow down" already sent for this burst
+        self._reason: str | None = None  # why we closed, for the quit notice
+
+    # -- connection ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if factory.config.idleTimeout:
+            self.lastActive = factory.clock.seconds()
+        factory.server.connect(self)
+        factory.log.info(
+            "chat: {peer} connected as {nick}", peer=describePeer(self.transport), nick=self.nick
+        )
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        factory = self.factory
+        why = self._reason or (
+            "connection closed" if reason.check(ConnectionDone) else "connection lost"
+        )
+        factory.log.info(
+            "chat: {peer} ({nick}) disconnected: {why}",
+            peer=describePeer(self.transport),
+            nick=self.nick,
+            why=why,
+        )
+        factory.server.disconnect(self, why)
+        factory.release(self)
+
+    # -- input ---------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        telnet = self._telnet
+        if telnet is not None or b"\xff" in data:
+            if telnet is None:
+                telnet = self._telnet = TelnetFilter()
+            if not telnet.idle or b"\xff" in data:
+                data, reply = telnet.feed(data)
+                if reply:
+                    assert self.transport is not None
+                    self.transport.write(reply)
+        while data:
+            if self._discarding:
+                cut = data.find(b"\n")
+                if cut < 0:
+                    return
+                data = data[cut + 1 :]
+                self._discarding = False
+            LineReceiver.dataReceived(self, data)
+            data, self._pending = self._pending or b"", None
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """LineReceiver hands over the over-long line and everything buffered after it."""
+        self._tooLong()
+        cut = line.find(b"\n")
+        if cut < 0:
+            self._discarding = True  # the rest of this line is still to come
+        else:
+            self._pending = line[cut + 1 :]
+
+    def _tooLong(self) -> None:
+        self.deliver(errorLine(f"line too long (limit {self.factory.config.maxLine} bytes)"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        factory = self.factory
+        if len(line) > factory.config.maxLine:
+            self._tooLong()
+            return
+        if not line.strip() or self.room is None:
+            return  # blank lines are ignored; nothing counts after leaving
+        now = factory.clock.seconds()
+        self.lastActive = now
+        interval = factory.lineInterval
+        if interval:
+            due = self._tat
+            if due < now:
+                due = now
+            if due - now > factory.burstTolerance:
+                if not self._throttled:
+                    self._throttled = True
+                    self.deliver(SLOW_DOWN)
+                return
+            self._tat = due + interval
+            self._throttled = False
+        interpret(factory.server, self, line.decode("utf-8", "replace"))
+
+    # -- output: IParticipant --------------------------------------------------------
+
+    def deliver(self, line: bytes) -> None:
+        backlog = self._backlog
+        if backlog == _FLOWING:
+            self.transport.write(line)  # type: ignore[union-attr]
+        elif backlog >= 0:
+            backlog += len(line)
+            if backlog > self.factory.queueAllowance:
+                self._cutOff()
+            else:
+                self._backlog = backlog
+                self.transport.write(line)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseConnection()
+
+    def _cutOff(self) -> None:
+        self._backlog = _CUT
+        self._reason = "too slow reading"
+        self.factory.log.warn(
+            "chat: {peer} ({nick}) cut off: more than {limit} bytes of output left unread",
+            peer=describePeer(self.transport),
+            nick=self.nick,
+            limit=self.factory.config.maxQueue,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def timedOut(self) -> None:
+        """The idle timeout passed: say so, tell the room, close."""
+        self.deliver(errorLine(f"idle for {self.factory.config.idleTimeout:g} s; disconnecting"))
+        self._reason = "idle timeout"
+        self.factory.server.quit(self, self._reason)
+
+    # -- IPushProducer: the transport's signals about its output buffer ------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: count what is written from now on."""
+        if self._backlog == _FLOWING:
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer is empty again."""
+        if self._backlog >= 0:
+            self._backlog = _FLOWING
+
+    def stopProducing(self) -> None:
+        """The connection is gone; :meth:`connectionLost` does the rest."""

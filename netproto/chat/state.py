@@ -1,0 +1,349 @@
+"""Chat state: nicks, rooms, membership and delivery, as plain objects without I/O.
+
+A connected user is an :class:`IParticipant`: something that has a nick and a room
+(both set only by :class:`ChatServer`) and accepts encoded lines. The
+``LineReceiver`` in :mod:`netproto.chat.protocol` is one such participant; a test
+double or another front end (a web page, a bridge) is another. Everything that
+PROTOCOL.md section 1 says about who receives what is decided here, and the exact
+line forms are built here, once per event: a message is encoded once and the same
+``bytes`` object goes to every recipient (and into the room's history).
+
+Peer mistakes (a taken nick, a bad room name, an unknown target) are raised as
+:class:`ChatError`; :func:`netproto.chat.commands.interpret` is the one place that
+turns them into ``! TEXT`` lines.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from zope.interface import Attribute, Interface
+
+CRLF = b"\r\n"
+
+#: The room every client starts in.
+LOBBY = "lobby"
+
+#: Nicks and room names are 1 to this many characters (PROTOCOL.md section 1).
+MAX_NAME = 32
+
+#: Prefix of a replayed message: history is sent as ``*** history: <nick> text``,
+#: a notice, so no client or bot can take an old message for a new one.
+HISTORY_PREFIX = b"*** history: "
+
+#: ``/who`` and ``/rooms`` answers are split into lines of about this many characters,
+#: so a room of thousands never produces one line no client can show.
+LIST_LINE = 400
+
+# C0 and C1 control characters and DEL, except TAB: relayed to other people's
+# terminals they could move the cursor, change colours or retitle windows.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+class ChatError(Exception):
+    """A peer's mistake; the message becomes the text of a ``! TEXT`` line."""
+
+
+class IParticipant(Interface):
+    """A connected chat user, as the chat state sees it."""
+
+    nick = Attribute("str: the current nick; set by ChatServer only")
+    room = Attribute(
+        "ChatRoom or None: the current room; set by ChatServer only; None before "
+        "ChatServer.connect and after ChatServer.disconnect"
+    )
+
+    def deliver(line: bytes) -> None:
+        """Send one UTF-8 line ending in CRLF.
+
+        The same ``bytes`` object goes to every recipient of an event: never modify
+        it, and never block; a participant that cannot keep up must drop itself
+        (by closing) rather than slow the sender.
+        """
+
+    def close() -> None:
+        """End the session once what was delivered has been sent.
+
+        Called after the participant has been removed from the chat.
+        """
+
+
+def encodeLine(text: str) -> bytes:
+    """``text`` as one wire line: UTF-8 and CRLF."""
+    return text.encode("utf-8", "replace") + CRLF
+
+
+def notice(text: str) -> bytes:
+    """A ``*** TEXT`` notice line."""
+    return encodeLine("*** " + text)
+
+
+def errorLine(text: str) -> bytes:
+    """A ``! TEXT`` error line."""
+    return encodeLine("! " + text)
+
+
+def cleanText(text: str) -> str:
+    """``text`` without control characters (TAB kept) and surrounding whitespace."""
+    if _CONTROL.search(text) is not None:
+        text = _CONTROL.sub("", text)
+    return text.strip()
+
+
+def normalizeName(name: str) -> str | None:
+    """``name`` in NFC if it is a valid nick or room name, else None.
+
+    1-32 characters, each a letter (any script), a decimal digit, ``_`` or ``-``.
+    NFC first, so an accented letter typed as letter + combining mark counts as
+    the letter it shows.
+    """
+    name = unicodedata.normalize("NFC", name)
+    if not 1 <= len(name) <= MAX_NAME:
+        return None
+    for ch in name:
+        if not (ch.isalpha() or ch.isdecimal() or ch == "_" or ch == "-"):
+            return None
+    return name
+
+
+def nameKey(name: str) -> str:
+    """The key under which a name is unique: case ignored (``casefold``)."""
+    return name.casefold()
+
+
+def listLines(head: str, items: Iterable[str]) -> Iterator[bytes]:
+    """``*** HEAD: a, b, c`` notice lines; past :data:`LIST_LINE` characters the list
+    goes on in ``*** ... d, e`` lines."""
+    prefix, length = head + ": ", 0
+    current: list[str] = []
+    for item in items:
+        if current and length + len(item) > LIST_LINE:
+            yield notice(prefix + ", ".join(current))
+            prefix, current, length = "... ", [], 0
+        current.append(item)
+        length += len(item) + 2
+    yield notice(prefix + ", ".join(current) if current else head)
+
+
+class ChatRoom:
+    """A room: its members in join order and its recent messages.
+
+    :ivar name: the name as its creator wrote it (without ``#``).
+    :ivar members: participants in join order (a dict used as an ordered set), so a
+        broadcast reaches the oldest member first and the newest last.
+    :ivar history: the last messages (encoded lines), or None when history is off.
+    """
+
+    __slots__ = ("name", "members", "history", "_snapshot")
+
+    def __init__(self, name: str, historyLength: int) -> None:
+        self.name = name
+        self.members: dict[IParticipant, None] = {}
+        self.history: deque[bytes] | None = deque(maxlen=historyLength) if historyLength else None
+        self._snapshot: tuple[IParticipant, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        """``#name``, as rooms are always shown."""
+        return "#" + self.name
+
+    def add(self, participant: IParticipant) -> None:
+        self.members[participant] = None
+        self._snapshot = None
+
+    def remove(self, participant: IParticipant) -> None:
+        del self.members[participant]
+        self._snapshot = None
+
+    def broadcast(self, line: bytes, exclude: IParticipant | None = None) -> None:
+        """``line`` to every member but ``exclude``, oldest member first.
+
+        Iterates over a snapshot of the membership, kept until the membership
+        changes, so a member that drops out during delivery cannot disturb it, and
+        a busy room does not copy its member list for every message.
+        """
+        members = self._snapshot
+        if members is None:
+            members = self._snapshot = tuple(self.members)
+        for member in members:
+            if member is not exclude:
+                member.deliver(line)
+
+    def remember(self, line: bytes) -> None:
+        if self.history is not None:
+            self.history.append(line)
+
+
+class ChatServer:
+    """All rooms and nicks of one chat server; every rule of PROTOCOL.md section 1 about
+    who receives which line.
+
+    :param historyLength: messages per room replayed to a joiner (0: none).
+    """
+
+    def __init__(self, historyLength: int = 20) -> None:
+        self.historyLength = historyLength
+        #: nameKey(nick) -> participant: every connected participant.
+        self.nicks: dict[str, IParticipant] = {}
+        #: nameKey(room name) -> room; a room exists while it has members.
+        self.rooms: dict[str, ChatRoom] = {}
+        self._guests = 0
+
+    # -- connecting and leaving ------------------------------------------------------
+
+    def connect(self, participant: IParticipant) -> None:
+        """Give ``participant`` a free guest nick, welcome it and put it in ``#lobby``."""
+        nick = self._guestNick()
+        participant.nick = nick
+        self.nicks[nameKey(nick)] = participant
+        room = self._enter(participant, LOBBY)
+        room.broadcast(notice(f"{nick} has joined {room.label}"), exclude=participant)
+        participant.deliver(
+            notice(f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands.")
+        )
+        self._replay(room, participant)
+
+    def disconnect(self, participant: IParticipant, reason: str) -> None:
+        """Remove ``participant`` and tell its room ``*** NICK has quit (REASON)``.
+
+        Safe to call again (a quit followed by the connection closing).
+        """
+        room = participant.room
+        if room is None:
+            return
+        self._leave(participant, room)
+        del self.nicks[nameKey(participant.nick)]
+        room.broadcast(notice(f"{participant.nick} has quit ({cleanText(reason) or 'quit'})"))
+
+    def quit(self, participant: IParticipant, reason: str) -> None:
+        """``/quit``: the others hear of it first, then the participant is closed."""
+        self.disconnect(participant, reason)
+        participant.close()
+
+    # -- talking -------------------------------------------------------------------
+
+    def say(self, participant: IParticipant, text: str) -> None:
+        """``<NICK> TEXT`` to everyone else in the room, and into its history."""
+        text = cleanText(text)
+        room = participant.room
+        if not text or room is None:
+            return
+        line = encodeLine(f"<{participant.nick}> {text}")
+        room.remember(line)
+        room.broadcast(line, exclude=participant)
+
+    def act(self, participant: IParticipant, text: str) -> None:
+        """``* NICK TEXT`` to everyone else in the room, and into its history."""
+        text = cleanText(text)
+        room = participant.room
+        if room is None:
+            return
+        if not text:
+            raise ChatError("usage: /me TEXT")
+        line = encodeLine(f"* {participant.nick} {text}")
+        room.remember(line)
+        room.broadcast(line, exclude=participant)
+
+    def tell(self, participant: IParticipant, nick: str, text: str) -> None:
+        """``*NICK* TEXT`` to ``nick`` only, whatever room either is in."""
+        text = cleanText(text)
+        if not nick or not text:
+            raise ChatError("usage: /msg NICK TEXT")
+        target = self.nicks.get(nameKey(unicodedata.normalize("NFC", nick)))
+        if target is None:
+            raise ChatError(f"no such nick: {cleanText(nick)}")
+        target.deliver(encodeLine(f"*{participant.nick}* {text}"))
+
+    # -- nicks and rooms -----------------------------------------------------------
+
+    def rename(self, participant: IParticipant, name: str) -> None:
+        """``/nick NAME``; the room (the participant included) sees ``*** OLD is now known as NEW``."""
+        new = normalizeName(name)
+        if new is None:
+            raise ChatError(
+                f"invalid nick: {cleanText(name)[:64]} (1-{MAX_NAME} letters, digits, _ or -)"
+            )
+        old = participant.nick
+        if new == old:
+            raise ChatError(f"you are already {old}")
+        key, oldKey = nameKey(new), nameKey(old)
+        holder = self.nicks.get(key)
+        if holder is not None and holder is not participant:
+            raise ChatError(f"nick taken: {new}")
+        del self.nicks[oldKey]
+        self.nicks[key] = participant
+        participant.nick = new
+        if participant.room is not None:
+            participant.room.broadcast(notice(f"{old} is now known as {new}"))
+
+    def join(self, participant: IParticipant, name: str) -> None:
+        """``/join ROOM``: leave the current room (its members and the participant see
+        ``has left``), enter ROOM (its members and the participant see ``has joined``),
+        then get ROOM's history."""
+        bare = name[1:] if name.startswith("#") else name
+        roomName = normalizeName(bare)
+        if roomName is None:
+            raise ChatError(
+                f"invalid room name: {cleanText(name)[:64]} "
+                f"(1-{MAX_NAME} letters, digits, _ or -, after an optional #)"
+            )
+        old = participant.room
+        if old is None:
+            return
+        if nameKey(old.name) == nameKey(roomName):
+            raise ChatError(f"you are already in {old.label}")
+        self._leave(participant, old)
+        left = notice(f"{participant.nick} has left {old.label}")
+        old.broadcast(left)
+        participant.deliver(left)
+        room = self._enter(participant, roomName)
+        room.broadcast(notice(f"{participant.nick} has joined {room.label}"))
+        self._replay(room, participant)
+
+    def who(self, participant: IParticipant) -> None:
+        """``/who``: the nicks in the participant's room, in join order."""
+        room = participant.room
+        if room is None:
+            return
+        count = len(room.members)
+        for line in listLines(f"{count} in {room.label}", (m.nick for m in room.members)):
+            participant.deliver(line)
+
+    def listRooms(self, participant: IParticipant) -> None:
+        """``/rooms``: every room with its member count, by name."""
+        rooms = sorted(self.rooms.values(), key=lambda r: nameKey(r.name))
+        head = f"{len(rooms)} room" + ("" if len(rooms) == 1 else "s")
+        for line in listLines(head, (f"{r.label} ({len(r.members)})" for r in rooms)):
+            participant.deliver(line)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _guestNick(self) -> str:
+        while True:
+            self._guests += 1
+            nick = f"guest{self._guests}"
+            if nameKey(nick) not in self.nicks:
+                return nick
+
+    def _enter(self, participant: IParticipant, name: str) -> ChatRoom:
+        key = nameKey(name)
+        room = self.rooms.get(key)
+        if room is None:
+            room = self.rooms[key] = ChatRoom(name, self.historyLength)
+        room.add(participant)
+        participant.room = room
+        return room
+
+    def _leave(self, participant: IParticipant, room: ChatRoom) -> None:
+        room.remove(participant)
+        participant.room = None
+        if not room.members:
+            del self.rooms[nameKey(room.name)]
+
+    def _replay(self, room: ChatRoom, participant: IParticipant) -> None:
+        if room.history:
+            for line in tuple(room.history):
+                participant.deliver(HISTORY_PREFIX + line)

@@ -1,0 +1,380 @@
+"""The chat state and command language without any I/O: who receives which line, in which form."""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from netproto.chat.commands import COMMANDS, interpret
+from netproto.chat.state import (
+    LIST_LINE,
+    ChatServer,
+    IParticipant,
+    cleanText,
+    listLines,
+    normalizeName,
+)
+
+
+@implementer(IParticipant)
+class Fake:
+    """A participant that records what it is sent, as text lines without CRLF."""
+
+    def __init__(self) -> None:
+        self.nick = ""
+        self.room = None
+        self.lines: list[str] = []
+        self.raw: list[bytes] = []
+        self.closed = False
+
+    def deliver(self, line: bytes) -> None:
+        assert line.endswith(b"\r\n") and b"\r\n" not in line[:-2]
+        self.raw.append(line)
+        self.lines.append(line[:-2].decode("utf-8"))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def connected(server: ChatServer, n: int) -> list[Fake]:
+    people = [Fake() for _ in range(n)]
+    for p in people:
+        server.connect(p)
+    for p in people:
+        p.take()
+    return people
+
+
+def test_fake_participant_provides_the_interface() -> None:
+    """The test double is a faithful IParticipant (so these tests mean something for the protocol)."""
+    assert verifyObject(IParticipant, Fake())
+
+
+def test_connect_gives_a_guest_nick_the_lobby_and_a_welcome() -> None:
+    """A newcomer is named guestN in #lobby by a welcome notice; the lobby hears of the join."""
+    server = ChatServer()
+    a = Fake()
+    server.connect(a)
+    assert a.take() == [
+        "*** Welcome to netproto chat. You are guest1 in #lobby. /help for commands."
+    ]
+    b = Fake()
+    server.connect(b)
+    assert a.take() == ["*** guest2 has joined #lobby"]
+    assert b.take()[0].startswith("*** Welcome to netproto chat. You are guest2 in #lobby.")
+
+
+def test_guest_nicks_skip_names_already_taken() -> None:
+    """A free guest nick is chosen even if someone took guestN by hand."""
+    server = ChatServer()
+    (a,) = connected(server, 1)
+    interpret(server, a, "/nick GUEST2")
+    b = Fake()
+    server.connect(b)
+    assert b.nick == "guest3"
+
+
+def test_messages_reach_exactly_the_other_members_of_the_room() -> None:
+    """``<NICK> TEXT`` goes to the room's other members, not the sender, not other rooms."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, c, "/join dev")
+    for p in (a, b, c):
+        p.take()
+    interpret(server, a, "hello there")
+    assert a.take() == []
+    assert b.take() == ["<guest1> hello there"]
+    assert c.take() == []
+
+
+def test_one_encoded_line_is_shared_by_every_recipient() -> None:
+    """A broadcast encodes its line once: every recipient gets the same bytes object."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, a, "shared")
+    assert b.raw[-1] is c.raw[-1]
+
+
+def test_slash_slash_escapes_a_leading_slash() -> None:
+    """``//TEXT`` says ``/TEXT``."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "//etc/passwd is a file")
+    assert b.take() == ["<guest1> /etc/passwd is a file"]
+
+
+def test_blank_and_control_only_lines_are_ignored() -> None:
+    """Blank lines (and lines of control characters) send nothing to anyone."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    for text in ("", "   ", "\x1b\x07"):
+        interpret(server, a, text)
+    assert a.take() == [] and b.take() == []
+
+
+def test_control_characters_are_removed_from_relayed_text() -> None:
+    """Terminal escapes are not relayed to other people's terminals; tabs are kept."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "red\x1b[31m\ttext\x9b")
+    assert b.take() == ["<guest1> red[31m\ttext"]
+
+
+def test_action_goes_to_the_others_in_the_room() -> None:
+    """``/me TEXT`` gives ``* NICK TEXT`` to the others in the room."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "/me waves")
+    assert b.take() == ["* guest1 waves"]
+    assert a.take() == []
+
+
+def test_private_message_reaches_only_its_target_in_any_room() -> None:
+    """``/msg NICK TEXT`` gives ``*SENDER* TEXT`` to NICK alone, wherever NICK is; nick case is ignored."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, c, "/join dev")
+    interpret(server, c, "/nick Carol")
+    for p in (a, b, c):
+        p.take()
+    interpret(server, a, "/msg carol psst, over here")
+    assert c.take() == ["*guest1* psst, over here"]
+    assert a.take() == [] and b.take() == []
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("/msg nobody hi", "! no such nick: nobody"),
+        ("/msg guest2", "! usage: /msg NICK TEXT"),
+        ("/msg", "! usage: /msg NICK TEXT"),
+        ("/nick", "! usage: /nick NAME"),
+        ("/nick guest2", "! nick taken: guest2"),
+        ("/nick GUEST2", "! nick taken: GUEST2"),
+        ("/nick guest1", "! you are already guest1"),
+        ("/nick two words", "! invalid nick: two words (1-32 letters, digits, _ or -)"),
+        ("/nick " + "x" * 33, "! invalid nick: " + "x" * 33 + " (1-32 letters, digits, _ or -)"),
+        ("/nick a.b", "! invalid nick: a.b (1-32 letters, digits, _ or -)"),
+        ("/join", "! usage: /join ROOM"),
+        ("/join #lobby", "! you are already in #lobby"),
+        ("/join LOBBY", "! you are already in #lobby"),
+        ("/join #a b", "! invalid room name: #a b (1-32 letters, digits, _ or -, after an optional #)"),
+        ("/join ##x", "! invalid room name: ##x (1-32 letters, digits, _ or -, after an optional #)"),
+        ("/me", "! usage: /me TEXT"),
+        ("/frobnicate now", "! unknown command: /frobnicate (try /help)"),
+        ("/", "! unknown command: / (try /help)"),
+    ],
+)
+def test_every_mistake_gets_an_error_line_and_changes_nothing(line: str, error: str) -> None:
+    """Each error case answers the sender alone with one ``! TEXT`` line; nobody else hears a thing."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, line)
+    assert a.take() == [error]
+    assert b.take() == []
+    assert a.nick == "guest1" and a.room is b.room
+    interpret(server, a, "still here")
+    assert b.take() == ["<guest1> still here"]
+
+
+def test_nick_change_reaches_the_room_including_the_changer() -> None:
+    """``*** OLD is now known as NEW`` goes to everyone in the room, the changer included, and no further."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, c, "/join dev")
+    for p in (a, b, c):
+        p.take()
+    interpret(server, a, "/nick Ålice")
+    assert a.take() == b.take() == ["*** guest1 is now known as Ålice"]
+    assert c.take() == []
+    interpret(server, c, "/msg ÅLICE hi")
+    assert a.take() == ["*guest3* hi"]
+
+
+def test_a_nick_may_change_case_and_frees_the_old_name() -> None:
+    """Renaming to another case of one's own nick works; the old nick is free afterwards."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "/nick alice")
+    interpret(server, a, "/nick Alice")
+    assert a.nick == "Alice"
+    interpret(server, b, "/nick guest1")
+    assert b.nick == "guest1"
+
+
+def test_join_and_part_notices_reach_the_right_rooms() -> None:
+    """Moving rooms: the old room hears ``has left``, the new one ``has joined``; the mover sees both."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, c, "/join dev")
+    assert a.take() == b.take() == ["*** guest3 has left #lobby"]
+    assert c.take() == ["*** guest3 has left #lobby", "*** guest3 has joined #dev"]
+    interpret(server, a, "/join DEV")
+    assert b.take() == ["*** guest1 has left #lobby"]
+    assert c.take() == ["*** guest1 has joined #dev"]
+    assert a.take() == ["*** guest1 has left #lobby", "*** guest1 has joined #dev"]
+
+
+def test_rooms_are_created_on_demand_shown_with_a_hash_and_dropped_when_empty() -> None:
+    """``/join x`` and ``/join #x`` are the same room, shown as ``#x``; an emptied room disappears."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "/join Café")
+    interpret(server, b, "/join #café")
+    assert a.room is b.room and a.room is not None and a.room.label == "#Café"
+    assert "lobby" not in server.rooms
+    a.take()
+    interpret(server, a, "/rooms")
+    assert a.take() == ["*** 1 room: #Café (2)"]
+
+
+def test_quit_tells_the_room_with_the_reason_then_closes() -> None:
+    """``/quit REASON``: the others get ``*** NICK has quit (REASON)`` and the quitter is closed."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "/quit off to bed")
+    assert b.take() == ["*** guest1 has quit (off to bed)"]
+    assert a.closed and a.room is None
+    assert "guest1" not in server.nicks
+    server.disconnect(a, "connection closed")  # the connection closing afterwards
+    assert b.take() == []
+
+
+def test_quit_without_reason_and_disconnects_name_a_reason() -> None:
+    """Every quit notice carries a reason, even when the client gave none."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, a, "/quit")
+    server.disconnect(b, "connection lost")
+    assert c.take() == ["*** guest1 has quit (quit)", "*** guest2 has quit (connection lost)"]
+
+
+def test_who_lists_the_room_in_join_order_and_rooms_lists_counts() -> None:
+    """``/who`` and ``/rooms`` answer the asker alone with notices."""
+    server = ChatServer()
+    a, b, c = connected(server, 3)
+    interpret(server, b, "/join zoo")
+    a.take(), c.take()
+    interpret(server, a, "/who")
+    assert a.take() == ["*** 2 in #lobby: guest1, guest3"]
+    interpret(server, a, "/rooms")
+    assert a.take() == ["*** 2 rooms: #lobby (2), #zoo (1)"]
+    assert c.take() == [] and b.take() == ["*** guest2 has left #lobby", "*** guest2 has joined #zoo"]
+
+
+def test_long_lists_are_split_into_several_lines() -> None:
+    """A room of hundreds is listed over several bounded lines, every nick present once."""
+    lines = [ln.decode().removesuffix("\r\n") for ln in listLines("300 in #big", (f"user{i}" for i in range(300)))]
+    assert len(lines) > 1
+    assert all(len(ln) < LIST_LINE + 40 for ln in lines)
+    assert lines[0].startswith("*** 300 in #big: user0, user1")
+    assert lines[1].startswith("*** ... ")
+    names = [n for ln in lines for n in ln.split(": ", 1)[-1].removeprefix("*** ... ").split(", ")]
+    assert names == [f"user{i}" for i in range(300)]
+
+
+def test_help_lists_every_command() -> None:
+    """``/help`` names every command of PROTOCOL.md section 1."""
+    server = ChatServer()
+    (a,) = connected(server, 1)
+    interpret(server, a, "/HELP")
+    text = "\n".join(a.take())
+    for name in COMMANDS:
+        assert f"/{name}" in text
+    assert all(line.startswith("*** ") for line in text.splitlines())
+
+
+def test_history_is_replayed_to_joiners_marked_as_history() -> None:
+    """A joiner first gets the room's last messages as ``*** history: ...`` notices, oldest first."""
+    server = ChatServer(historyLength=2)
+    a, b = connected(server, 2)
+    interpret(server, a, "/join dev")
+    interpret(server, a, "one")
+    interpret(server, a, "/me two")
+    interpret(server, a, "/msg guest2 private")
+    interpret(server, a, "three")
+    b.take()
+    interpret(server, b, "/join dev")
+    assert b.take() == [
+        "*** guest2 has left #lobby",
+        "*** guest2 has joined #dev",
+        "*** history: * guest1 two",
+        "*** history: <guest1> three",
+    ]
+    c = Fake()
+    server.connect(c)  # into #lobby, which has no history
+    assert len(c.take()) == 1
+
+
+def test_history_is_replayed_after_the_welcome_and_can_be_off() -> None:
+    """The welcome comes first, then the lobby's history; with length 0 nothing is kept."""
+    server = ChatServer(historyLength=20)
+    (a,) = connected(server, 1)
+    interpret(server, a, "earlier")
+    b = Fake()
+    server.connect(b)
+    assert b.take()[1:] == ["*** history: <guest1> earlier"]
+    quiet = ChatServer(historyLength=0)
+    (x,) = connected(quiet, 1)
+    interpret(quiet, x, "earlier")
+    y = Fake()
+    quiet.connect(y)
+    assert len(y.take()) == 1
+
+
+def test_a_room_emptied_loses_its_history() -> None:
+    """History belongs to a room, and a room ends when its last member leaves."""
+    server = ChatServer()
+    a, b = connected(server, 2)
+    interpret(server, a, "/join dev")
+    interpret(server, a, "secret")
+    interpret(server, a, "/join lobby")
+    b.take()
+    interpret(server, b, "/join dev")
+    assert b.take() == ["*** guest2 has left #lobby", "*** guest2 has joined #dev"]
+
+
+def test_a_participant_dropping_out_during_a_broadcast_does_not_disturb_it() -> None:
+    """Delivery iterates a snapshot: a member leaving mid-broadcast does not skip anyone."""
+    server = ChatServer()
+    a, b, c, d = connected(server, 4)
+
+    def leaveOnDelivery(line: bytes) -> None:
+        Fake.deliver(b, line)
+        server.disconnect(b, "gone")
+
+    b.deliver = leaveOnDelivery  # type: ignore[method-assign]
+    interpret(server, a, "hi")
+    assert c.take() == d.take() == ["*** guest2 has quit (gone)", "<guest1> hi"]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a", True),
+        ("x" * 32, True),
+        ("x" * 33, False),
+        ("", False),
+        ("Zoë", True),
+        ("Zoe\u0308", True),  # NFD: e + combining diaeresis, normalised to ë
+        ("日本語", True),
+        ("a_b-c9", True),
+        ("a b", False),
+        ("a#b", False),
+        ("a.b", False),
+        ("a\x00", False),
+    ],
+)
+def test_name_rules(name: str, ok: bool) -> None:
+    """1-32 letters (any script), digits, ``_`` or ``-``, after NFC normalisation."""
+    assert (normalizeName(name) is not None) is ok
+
+
+def test_clean_text_keeps_tabs_and_unicode() -> None:
+    """Cleaning removes control characters only."""
+    assert cleanText(" héllo\t日本\x07 ") == "héllo\t日本"
