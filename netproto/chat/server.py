@@ -61,9 +61,10 @@ class ChatFactory(ServerFactory):
         self.clients = 0
         self.perAddress: dict[str, int] = {}
         # Flood control (see ChatProtocol.lineReceived): one line per `lineInterval`
-        # seconds on average, up to `burst` lines at once. 0 turns it off.
+        # seconds on average, up to `burst` lines at once. 0 turns it off. The half
+        # interval of slack keeps float rounding from eating the burst's last line.
         self.lineInterval = 1.0 / config.rate if config.rate else 0.0
-        self.burstTolerance = (config.burst - 1) * self.lineInterval
+        self.burstTolerance = (config.burst - 0.5) * self.lineInterval
         self.queueAllowance = max(0, config.maxQueue - TRANSPORT_BUFFER)
         self._sweeper: LoopingCall | None = None
 
