@@ -355,9 +355,14 @@ class UploadProtocol(FramedProtocol):
             self._release(upload.partial, keep=False)
         self.fail(error)
 
-    def _release(self, partial: PartialFile, keep: bool) -> None:
+    def _release(self, partial: PartialFile, keep: bool, chunks: list[bytes] | None = None) -> None:
+        """Close ``partial``, keeping its data (and ``chunks`` received but not yet
+        written) for a resume, or removing it."""
         assert self.worker is not None
-        d = self.worker.run(partial.keep if keep else partial.discard)
+        if keep:
+            d = self.worker.run(_keep, partial, chunks or [])
+        else:
+            d = self.worker.run(partial.discard)
         d.addErrback(self._handlerFailed)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
@@ -365,9 +370,10 @@ class UploadProtocol(FramedProtocol):
         self.upload = None
         self.phase = Phase.IDLE
         if upload is not None and upload.partial is not None:
-            upload.pending = []
+            chunks, upload.pending = upload.pending, []
             # Kept for a resume only when it was asked for and nothing went wrong.
-            self._release(upload.partial, keep=upload.resume and phase is Phase.RECEIVING)
+            keep = upload.resume and phase is Phase.RECEIVING
+            self._release(upload.partial, keep, chunks)
             self.log.info(
                 "upload: {peer} left during {name} at {received} of {size} bytes ({what})",
                 peer=self.peer,
@@ -400,3 +406,12 @@ def _complete(partial: PartialFile, chunks: list[bytes], sha256: str, overwrite:
     """In the worker: the last data, then :meth:`PartialFile.finish` (checks, sync, rename)."""
     partial.write(chunks)
     return partial.finish(sha256, overwrite)
+
+
+def _keep(partial: PartialFile, chunks: list[bytes]) -> None:
+    """In the worker: write what was received, then keep the partial file for a resume."""
+    try:
+        partial.write(chunks)
+    except ProtocolError:
+        pass  # the data is broken: keep() removes it
+    partial.keep()

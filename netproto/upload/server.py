@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from twisted.internet import task, threads
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,7 +25,10 @@ MAX_SWEEP_INTERVAL: Final = 3600.0
 
 def threadExecutor(reactor: Any) -> Executor:
     """Run blocking store calls in the reactor's thread pool (bounded; stopped
-    with the reactor)."""
+    with the reactor). A reactor without threads (a test's fake one) runs
+    them at once instead."""
+    if not hasattr(reactor, "getThreadPool"):
+        return maybeDeferred
 
     def execute(function: Any, *args: Any) -> Deferred[Any]:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
