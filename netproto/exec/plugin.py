@@ -1,4 +1,8 @@
-"""The exec service's plugin declaration and its ``twistd netproto`` options."""
+"""The exec service's plugin declaration and its ``twistd netproto`` options.
+
+Every option is described in ``docs/exec.md``; the policy they make is
+:class:`netproto.exec.policy.ExecPolicy`.
+"""
 
 from netproto.services import LazyService
 
@@ -8,5 +12,55 @@ service = LazyService(
     defaultEndpoint="tcp:8001:interface=127.0.0.1",
     builder="netproto.exec.server.makeFactory",
     enabledByDefault=True,
-    optParameters=[],
+    optParameters=[
+        [
+            "exec-allow",
+            None,
+            None,
+            "Comma-separated program names (looked up on the commands' PATH) or absolute "
+            "paths that may run. [default: any program, as with ssh]",
+        ],
+        [
+            "exec-timeout",
+            None,
+            0,
+            "Longest a command may run, in seconds; a client's own timeout is capped by it. "
+            "0: no limit.",
+            float,
+        ],
+        ["exec-max-procs", None, 64, "Most commands running at once, server-wide.", int],
+        ["exec-max-procs-per-user", None, 16, "Most commands of one user running at once.", int],
+        [
+            "exec-cwd",
+            None,
+            None,
+            "Directory commands start in; a client's relative cwd starts from it. "
+            "[default: the server's $HOME]",
+        ],
+        ["exec-path", None, None, "PATH of the commands. [default: /usr/local/bin:/usr/bin:/bin]"],
+        [
+            "exec-env-pass",
+            None,
+            None,
+            "Comma-separated variables passed from the server's environment to commands. "
+            "[default: LANG,LC_ALL,TZ]",
+        ],
+        [
+            "exec-env-accept",
+            None,
+            None,
+            "Comma-separated names (fnmatch patterns) of the variables a client may set. "
+            "[default: * without --exec-allow; LANG,LC_*,TZ with it]",
+        ],
+        [
+            "exec-kill-grace",
+            None,
+            5.0,
+            "Seconds between SIGTERM and SIGKILL when a command's process group is ended.",
+            float,
+        ],
+    ],
+    optFlags=[
+        ["exec-no-shell", None, 'Refuse shell commands ({"shell": ...}); argv only.'],
+    ],
 )

@@ -1,0 +1,307 @@
+"""What a client may run, and how: the exec policy, apart from any I/O but ``stat``.
+
+:meth:`ExecPolicy.prepare` turns an ``R`` request (PROTOCOL.md section 3)
+into a :class:`Prepared` command, or raises the :class:`ProtocolError` the
+client must hear: ``bad-frame`` for a malformed request (the connection is
+closed), ``not-allowed`` for what the policy refuses and ``not-found`` for a
+program or directory that does not exist (the connection stays usable).
+
+The environment a command gets is clean: it does not inherit the server's.
+
+========================  ==================================================
+``PATH``                  ``--exec-path`` (default :data:`DEFAULT_PATH`)
+``HOME``                  the server's ``$HOME`` (else its user's home)
+``USER``, ``LOGNAME``     the server's user
+``SHELL``                 ``/bin/sh``
+``LANG``                  the server's, else ``C.UTF-8``
+``NETPROTO_USER``         the authenticated netproto user
+``NETPROTO_PEER``         the client's address
+========================  ==================================================
+
+plus the server's own values of the variables named by ``--exec-env-pass``,
+plus what the client sends in ``"env"`` for the names ``--exec-env-accept``
+allows (never ``NETPROTO_*``). The program is looked up on the final ``PATH``
+before anything starts, so a missing one is ``E not-found``, not an exit
+status.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pwd
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from netproto.errors import ProtocolError
+
+#: ``PATH`` of a command unless ``--exec-path`` says otherwise.
+DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+#: Server variables passed through unless ``--exec-env-pass`` says otherwise.
+DEFAULT_ENV_PASS: Final = ("LANG", "LC_ALL", "TZ")
+#: Names a client may set when ``--exec-allow`` restricts the programs and
+#: ``--exec-env-accept`` is not given: with a restricted program list, a
+#: client-set ``LD_PRELOAD`` or ``PATH`` would defeat it.
+RESTRICTED_ENV_ACCEPT: Final = ("LANG", "LC_*", "TZ")
+#: The shell of ``{"shell": ...}`` requests.
+SHELL: Final = "/bin/sh"
+#: Most commands running at once, server-wide, by default.
+DEFAULT_MAX_PROCS: Final = 64
+#: Most commands of one user running at once, by default.
+DEFAULT_MAX_PROCS_PER_USER: Final = 16
+#: Seconds between ``SIGTERM`` and ``SIGKILL`` when a command's group is ended.
+DEFAULT_KILL_GRACE: Final = 5.0
+#: Longest argv or shell text, in bytes: the kernel's own limit is larger,
+#: but a request must fit in one pre-allocated frame anyway.
+MAX_ARGS_BYTES: Final = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request the policy accepted, ready to start."""
+
+    executable: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    stdin: bool
+    timeout: float | None
+    shell: bool
+
+    def describe(self, limit: int = 200) -> str:
+        """The command for logs, shortened."""
+        text = " ".join(self.argv[2:] if self.shell else self.argv)
+        return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _splitList(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _serverUser() -> tuple[str, str]:
+    try:
+        entry = pwd.getpwuid(os.getuid())
+    except KeyError:
+        return str(os.getuid()), "/"
+    return entry.pw_name, entry.pw_dir
+
+
+@dataclass(frozen=True)
+class ExecPolicy:
+    """The server's rules for exec (``twistd netproto --exec-*``).
+
+    :ivar allow: program names or absolute paths that may run; ``None`` for any.
+    :ivar shell: whether ``{"shell": ...}`` requests are accepted.
+    :ivar maxTimeout: the longest a command may run, in seconds; ``None`` for no limit.
+    :ivar maxProcs: most commands running at once, server-wide.
+    :ivar maxProcsPerUser: most commands of one user running at once.
+    :ivar cwd: the directory commands start in, and relative ``"cwd"`` values start from.
+    :ivar path: the commands' ``PATH``.
+    :ivar baseEnv: the clean environment (see the module docstring).
+    :ivar envAccept: ``fnmatch`` patterns of the names a client may set.
+    :ivar killGrace: seconds between ``SIGTERM`` and ``SIGKILL``.
+    """
+
+    allow: tuple[str, ...] | None = None
+    shell: bool = True
+    maxTimeout: float | None = None
+    maxProcs: int = DEFAULT_MAX_PROCS
+    maxProcsPerUser: int = DEFAULT_MAX_PROCS_PER_USER
+    cwd: str = "/"
+    path: str = DEFAULT_PATH
+    baseEnv: Mapping[str, str] = field(default_factory=dict)
+    envAccept: tuple[str, ...] = ("*",)
+    killGrace: float = DEFAULT_KILL_GRACE
+
+    @classmethod
+    def fromOptions(
+        cls, options: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+    ) -> ExecPolicy:
+        """The policy of ``twistd netproto``'s parsed ``--exec-*`` options.
+
+        :raises ValueError: for an option that makes no sense, with a message
+            for the operator.
+        """
+        userName, userHome = _serverUser()
+        home = environ.get("HOME") or userHome
+        allowText = options.get("exec-allow")
+        allow = _splitList(allowText) if allowText else None
+        for entry in allow or ():
+            if "/" in entry and not os.path.isabs(entry):
+                raise ValueError(f"--exec-allow {entry!r}: give a program name or an absolute path")
+        accept = options.get("exec-env-accept")
+        envAccept: tuple[str, ...]
+        if accept is None:
+            envAccept = RESTRICTED_ENV_ACCEPT if allow is not None else ("*",)
+        else:
+            envAccept = _splitList(accept)
+        envPass = options.get("exec-env-pass")
+        passNames = DEFAULT_ENV_PASS if envPass is None else _splitList(envPass)
+        path = options.get("exec-path") or DEFAULT_PATH
+        base = {
+            "PATH": path,
+            "HOME": home,
+            "USER": userName,
+            "LOGNAME": userName,
+            "SHELL": SHELL,
+            "LANG": environ.get("LANG") or "C.UTF-8",
+        }
+        for name in passNames:
+            if name in environ:
+                base[name] = environ[name]
+        cwd = options.get("exec-cwd") or home
+        if not os.path.isabs(cwd) or not os.path.isdir(cwd):
+            raise ValueError(f"--exec-cwd {cwd!r}: not an absolute path of a directory")
+        maxTimeout = float(options.get("exec-timeout") or 0)
+        maxProcs = int(options.get("exec-max-procs") or DEFAULT_MAX_PROCS)
+        perUser = int(options.get("exec-max-procs-per-user") or DEFAULT_MAX_PROCS_PER_USER)
+        grace = float(options.get("exec-kill-grace") or DEFAULT_KILL_GRACE)
+        if maxTimeout < 0 or maxProcs < 1 or perUser < 1 or grace <= 0:
+            raise ValueError(
+                "--exec-timeout must be >= 0, --exec-max-procs and "
+                "--exec-max-procs-per-user >= 1, --exec-kill-grace > 0"
+            )
+        return cls(
+            allow=allow,
+            shell=not options.get("exec-no-shell"),
+            maxTimeout=maxTimeout or None,
+            maxProcs=maxProcs,
+            maxProcsPerUser=perUser,
+            cwd=cwd,
+            path=path,
+            baseEnv=base,
+            envAccept=envAccept,
+            killGrace=grace,
+        )
+
+    # -- one request ---------------------------------------------------------------
+
+    def prepare(self, request: Mapping[str, Any], user: str, peer: str) -> Prepared:
+        """Check an ``R`` request and resolve its program; see the module docstring."""
+        argv, shell = self._command(request)
+        stdin = request.get("stdin", False)
+        if not isinstance(stdin, bool):
+            raise ProtocolError("bad-frame", '"stdin" must be true or false')
+        timeout = self._timeout(request.get("timeout"))
+        env = self._environment(request.get("env"), user, peer)
+        cwd = self._cwd(request.get("cwd"))
+        if shell and not self.shell:
+            raise ProtocolError("not-allowed", "shell commands are disabled on this server")
+        executable = self._resolve(argv[0], env.get("PATH", ""), cwd)
+        if self.allow is not None and not self._allowed(executable, env.get("PATH", ""), cwd):
+            what = "the shell" if shell else repr(argv[0])
+            raise ProtocolError("not-allowed", f"{what} may not run on this server")
+        return Prepared(
+            executable=executable,
+            argv=tuple(argv),
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            timeout=timeout,
+            shell=shell,
+        )
+
+    def _command(self, request: Mapping[str, Any]) -> tuple[list[str], bool]:
+        hasArgv, hasShell = "argv" in request, "shell" in request
+        if hasArgv == hasShell:
+            raise ProtocolError("bad-frame", 'R needs exactly one of "argv" and "shell"')
+        if hasShell:
+            text = request["shell"]
+            if not isinstance(text, str) or not text or "\0" in text:
+                raise ProtocolError("bad-frame", '"shell" must be a non-empty string without NUL')
+            argv = [SHELL, "-c", text]
+        else:
+            argv = request["argv"]
+            if (
+                not isinstance(argv, list)
+                or not argv
+                or not all(isinstance(a, str) and "\0" not in a for a in argv)
+                or not argv[0]
+            ):
+                raise ProtocolError(
+                    "bad-frame", '"argv" must be a non-empty list of strings without NUL'
+                )
+        if sum(len(a.encode("utf-8", "surrogateescape")) + 1 for a in argv) > MAX_ARGS_BYTES:
+            raise ProtocolError("bad-frame", f"the command is longer than {MAX_ARGS_BYTES} bytes")
+        return argv, hasShell
+
+    def _timeout(self, value: object) -> float | None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise ProtocolError("bad-frame", '"timeout" must be a positive number of seconds')
+        requested = float(value) if value is not None else None
+        if self.maxTimeout is None:
+            return requested
+        return self.maxTimeout if requested is None else min(requested, self.maxTimeout)
+
+    def _environment(self, value: object, user: str, peer: str) -> dict[str, str]:
+        env = dict(self.baseEnv)
+        if value is not None:
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str)
+                and isinstance(v, str)
+                and k
+                and "=" not in k
+                and "\0" not in k
+                and "\0" not in v
+                for k, v in value.items()
+            ):
+                raise ProtocolError(
+                    "bad-frame", '"env" must map names (no "=" or NUL) to strings (no NUL)'
+                )
+            for name in value:
+                if name.startswith("NETPROTO_") or not any(
+                    fnmatch.fnmatchcase(name, pattern) for pattern in self.envAccept
+                ):
+                    raise ProtocolError(
+                        "not-allowed", f"the environment variable {name} may not be set"
+                    )
+            env.update(value)
+        env["NETPROTO_USER"] = user
+        env["NETPROTO_PEER"] = peer
+        return env
+
+    def _cwd(self, value: object) -> str:
+        if value is None:
+            return self.cwd
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ProtocolError("bad-frame", '"cwd" must be a non-empty string without NUL')
+        cwd = os.path.normpath(os.path.join(self.cwd, os.path.expanduser(value)))
+        if not os.path.isdir(cwd):
+            raise ProtocolError("not-found", f"no such directory: {value}")
+        return cwd
+
+    def _resolve(self, program: str, path: str, cwd: str) -> str:
+        """The file ``program`` names: looked up on ``path`` unless it has a ``/``."""
+        if "/" in program:
+            candidate = os.path.normpath(os.path.join(cwd, program))
+            if not os.path.exists(candidate):
+                raise ProtocolError("not-found", f"no such program: {program}")
+            if os.path.isdir(candidate) or not os.access(candidate, os.X_OK):
+                raise ProtocolError("not-allowed", f"not an executable file: {program}")
+            return candidate
+        found = shutil.which(program, path=path)
+        if found is None:
+            raise ProtocolError("not-found", f"no such program on PATH: {program}")
+        return os.path.normpath(os.path.join(cwd, found))
+
+    def _allowed(self, executable: str, path: str, cwd: str) -> bool:
+        """Whether ``executable`` is one an ``--exec-allow`` entry names.
+
+        Paths are compared as written, without following symlinks: with a
+        multi-call binary (busybox), allowing ``ls`` must not allow ``sh``.
+        """
+        for entry in self.allow or ():
+            if "/" in entry:
+                if os.path.normpath(entry) == executable:
+                    return True
+                continue
+            found = shutil.which(entry, path=path)
+            if found is not None and os.path.normpath(os.path.join(cwd, found)) == executable:
+                return True
+        return False

@@ -1,0 +1,206 @@
+"""The exec service: its factory, which starts commands, counts them and ends them all.
+
+:class:`ExecFactory` holds what every exec connection shares: the
+:class:`~netproto.exec.policy.ExecPolicy`, the running commands (for the
+``--exec-max-procs`` limits) and the server's shutdown. A command counts
+against the limits until every process of its group is gone, not only until
+its ``X``.
+
+On shutdown (``twistd`` stopping, the reactor's ``before shutdown`` phase)
+every command's group is sent ``SIGTERM``, then ``SIGKILL`` after the grace
+period, and the shutdown waits until all of them have been reaped. The
+factory also makes the server the child subreaper of its commands' orphans
+(Linux), so that background children of a command are reaped by it, not left
+as zombies of a PID 1 that may not reap.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.logger import Logger
+
+from netproto.errors import ErrorCode, ProtocolError
+from netproto.exec import spawn as _spawn
+from netproto.exec.policy import ExecPolicy, Prepared
+from netproto.exec.process import CommandProtocol
+from netproto.exec.protocol import ExecProtocol
+from netproto.exec.transport import CommandTransport
+from netproto.framing import DEFAULT_MAX_FRAME, FramedFactory
+from netproto.services import ServerContext, ServiceError
+
+#: The most one read of a command's output pipe takes: one frame's payload
+#: at the default ``max_frame``. Fewer, larger reads and frames are what make
+#: a fast command's output cheap to stream.
+READ_SIZE: Final = 256 * 1024
+
+#: How an ``OSError`` from starting a command is reported to the client.
+SPAWN_ERRORS: Final[dict[int, ErrorCode]] = {
+    errno.ENOENT: "not-found",
+    errno.ENOTDIR: "not-found",
+    errno.EACCES: "not-allowed",
+    errno.EPERM: "not-allowed",
+    errno.EAGAIN: "busy",
+    errno.ENOMEM: "busy",
+    errno.EMFILE: "busy",
+    errno.ENFILE: "busy",
+}
+
+
+class ExecFactory(FramedFactory):
+    """Builds :class:`~netproto.exec.protocol.ExecProtocol` connections; see the module docstring.
+
+    :param policy: what may run; by default from ``context.options``.
+    :param subreaper: make this process the subreaper of the commands' orphans.
+    """
+
+    protocol = ExecProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        context: ServerContext,
+        policy: ExecPolicy | None = None,
+        maxFrame: int = DEFAULT_MAX_FRAME,
+        subreaper: bool = True,
+    ) -> None:
+        super().__init__(context, maxFrame)
+        self.policy = policy if policy is not None else ExecPolicy.fromOptions(context.options)
+        self.readSize = min(READ_SIZE, maxFrame - 1)
+        self.subreaper = subreaper
+        #: Every command whose group is not yet gone, by pid.
+        self.commands: dict[int, CommandTransport] = {}
+        self.perUser: Counter[str] = Counter()
+        self.closing = False
+        self._devnull: int | None = None
+        self._trigger: Any = None
+        self._triggerFired = False
+
+    # -- factory life --------------------------------------------------------------
+
+    def startFactory(self) -> None:
+        self.closing = False
+        if self._devnull is None:
+            self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if self.subreaper and _spawn.becomeSubreaper():
+            self.log.debug("exec: this server reaps its commands' orphaned children")
+
+    def stopFactory(self) -> None:
+        """No new commands; end the running ones (shutdown waits for them, see the module)."""
+        self.closing = True
+        self.endAll()
+        if self._devnull is not None:
+            os.close(self._devnull)
+            self._devnull = None
+
+    def endAll(self) -> Deferred[None]:
+        """End every command's process group; fires once all are gone and reaped."""
+        running = list(self.commands.values())
+        waits = [transport.whenGone() for transport in running]
+        for transport in running:
+            transport.terminate()
+        d: Deferred[Any] = DeferredList(waits)
+        return d.addCallback(lambda _: None)
+
+    def _beforeShutdown(self) -> Deferred[None]:
+        self._triggerFired = True
+        self._trigger = None
+        self.closing = True
+        if self.commands:
+            self.log.info(
+                "exec: shutting down: ending {count} command(s)", count=len(self.commands)
+            )
+        return self.endAll()
+
+    # -- commands ----------------------------------------------------------------
+
+    def startCommand(self, proto: ExecProtocol, prepared: Prepared, user: str) -> CommandProtocol:
+        """Start ``prepared`` for ``proto``'s client; its ``K`` is sent before this returns.
+
+        :raises ProtocolError: ``busy`` past the limits or while shutting
+            down; ``not-found``/``not-allowed`` when the program cannot start.
+        """
+        policy = self.policy
+        if self.closing or self._devnull is None:
+            raise ProtocolError("busy", "the server is shutting down")
+        if len(self.commands) >= policy.maxProcs:
+            raise ProtocolError("busy", f"the server already runs {policy.maxProcs} commands")
+        if self.perUser[user] >= policy.maxProcsPerUser:
+            raise ProtocolError(
+                "busy", f"{user} already runs {policy.maxProcsPerUser} commands on this server"
+            )
+        reactor = self.context.reactor
+        bridge = CommandProtocol(proto, reactor, prepared.timeout, self.maxFrame - 1)
+        try:
+            spawned = _spawn.spawn(
+                prepared.executable,
+                prepared.argv,
+                env=prepared.env,
+                cwd=prepared.cwd,
+                stdin=prepared.stdin,
+                devnull=self._devnull,
+            )
+        except OSError as e:
+            code = SPAWN_ERRORS.get(e.errno or 0, "not-found")
+            raise ProtocolError(
+                code, f"cannot start {prepared.argv[0]}: {e.strerror or e}"
+            ) from None
+        transport = CommandTransport(reactor, spawned, bridge, self.readSize, policy.killGrace)
+        self.commands[transport.pid] = transport
+        self.perUser[user] += 1
+        if self._trigger is None or self._triggerFired:
+            self._triggerFired = False
+            self._trigger = reactor.addSystemEventTrigger(
+                "before", "shutdown", self._beforeShutdown
+            )
+        assert proto.transport is not None
+        # Backpressure both ways: a full client connection pauses the command's
+        # output; a full stdin pipe pauses reading the client.
+        IConsumer(proto.transport).registerProducer(bridge, True)
+        if transport.stdinWriter is not None:
+            transport.stdinWriter.registerProducer(IPushProducer(proto.transport), True)
+        self.log.info(
+            "exec: {peer} ({user}) started {pid}: {command}",
+            peer=proto.peer,
+            user=user,
+            pid=transport.pid,
+            command=prepared.describe(),
+        )
+        started = reactor.seconds()
+        transport.whenGone().addCallback(self._commandGone, transport, user, proto.peer, started)
+        return bridge
+
+    def _commandGone(
+        self, _: None, transport: CommandTransport, user: str, peer: str, started: float
+    ) -> None:
+        self.commands.pop(transport.pid, None)
+        self.perUser[user] -= 1
+        if self.perUser[user] <= 0:
+            del self.perUser[user]
+        proto = transport.proto
+        fields = proto.exitFields if isinstance(proto, CommandProtocol) else None
+        self.log.info(
+            "exec: command {pid} of {peer} ({user}) ended: {how} after {seconds:.3f} s",
+            pid=transport.pid,
+            peer=peer,
+            user=user,
+            how=fields if fields is not None else "not reported",
+            seconds=self.context.reactor.seconds() - started,
+        )
+        if not self.commands and self._trigger is not None and not self._triggerFired:
+            self.context.reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
+
+
+def makeFactory(context: ServerContext) -> ExecFactory:
+    """The exec service's factory (named as ``builder`` in ``netproto/exec/plugin.py``)."""
+    try:
+        policy = ExecPolicy.fromOptions(context.options)
+    except ValueError as e:
+        raise ServiceError(str(e)) from None
+    return ExecFactory(context, policy)

@@ -1,0 +1,499 @@
+"""The process transport of one command: its pipes on the reactor, its exit, its group's end.
+
+:class:`CommandTransport` is to a command started by
+:func:`netproto.exec.spawn.spawn` what Twisted's ``Process`` is to
+``reactor.spawnProcess``: an :class:`~twisted.internet.interfaces.IProcessTransport`
+that drives a :class:`~twisted.internet.protocol.ProcessProtocol` with the same
+calls in the same order (``childDataReceived``, ``childConnectionLost``,
+``processExited``, then ``processEnded`` once the process has exited *and*
+both output pipes are closed). What it does differently, and why:
+
+* each read takes up to ``readSize`` bytes (a whole frame, 256 KiB by
+  default) instead of Twisted's 8 KiB, so output costs one read and one frame
+  per chunk;
+* signals go to the command's process group, not only to its first process;
+* :meth:`CommandTransport.terminate` ends the group: ``SIGTERM``, then
+  ``SIGKILL`` after ``killGrace`` seconds; and once the command has ended,
+  whatever is left of its group is ended the same way and reaped. ``whenGone``
+  fires when nothing of the group remains.
+
+Pausing (:meth:`CommandTransport.pauseProducing`) stops reading both output
+pipes; the command then blocks once its pipe is full: backpressure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from twisted.internet import fdesc, main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProcessTransport,
+    IPushProducer,
+    IReadDescriptor,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netproto.exec import spawn as _spawn
+from netproto.exec.spawn import Spawned
+
+#: How often a group whose leader has gone is checked for remaining members
+#: (they are not ours to be told about): first after this many seconds, then
+#: doubling up to :data:`GROUP_POLL_MAX`.
+GROUP_POLL_FIRST: Final = 0.005
+GROUP_POLL_MAX: Final = 0.25
+#: Without pidfds, how often the leader is polled for its exit.
+EXIT_POLL: Final = 0.01
+#: After ``SIGKILL``, how long a group may still show members (processes we
+#: may not signal, zombies of a parent that does not reap) before it is
+#: given up on with a warning.
+GIVE_UP_AFTER_KILL: Final = 5.0
+
+log = Logger()
+
+
+class PipeReader(FileDescriptor):
+    """The parent's end of a command's stdout or stderr, read ``readSize`` bytes at a time."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        readSize: int,
+        received: Callable[[bytes], None],
+        closed: Callable[[], None],
+    ) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.readSize = readSize
+        self._received = received
+        self._closed = closed
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> object:
+        try:
+            data = os.read(self.fd, self.readSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self._received(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.fd < 0:
+            return
+        super().connectionLost(reason)
+        os.close(self.fd)
+        self.fd = -1
+        self._closed()
+
+    def close(self) -> None:
+        """Stop reading and close (the command is over or its output is unwanted)."""
+        if self.fd >= 0:
+            self.stopReading()
+            self.connectionLost(Failure(main.CONNECTION_DONE))
+
+    def logPrefix(self) -> str:
+        return "exec-pipe"
+
+
+class PipeWriter(FileDescriptor):
+    """The parent's end of a command's stdin; buffered, a consumer for the client's connection.
+
+    A producer registered with :meth:`registerProducer` (the client's TCP
+    transport) is paused while more than :attr:`bufferSize` bytes wait for
+    the command to read them: the client is then not read, and TCP tells it
+    to slow down. When the command closes its stdin the producer is resumed
+    and let go, never stopped: the connection outlives the command.
+    """
+
+    def __init__(self, reactor: Any, fd: int, lost: Callable[[], None]) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self._lost = lost
+        self.connected = 1
+        # A pipe's write end only "reads" as an error once the reader closed it.
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> object:
+        return main.CONNECTION_LOST
+
+    def writeSomeData(self, data: bytes) -> int | BaseException:
+        written: int | BaseException = fdesc.writeToFD(self.fd, data)
+        return written
+
+    def _releaseProducer(self) -> None:
+        producer, paused = self.producer, self.producerPaused
+        if producer is not None:
+            self.unregisterProducer()
+            if paused:
+                IPushProducer(producer).resumeProducing()
+
+    def finish(self) -> None:
+        """Close once what is buffered is written (end of input).
+
+        The producer is let go first: ``FileDescriptor`` does not close while
+        a paused streaming producer is registered, and no more input comes.
+        """
+        self._releaseProducer()
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.fd < 0:
+            return
+        self._releaseProducer()
+        super().connectionLost(reason)
+        os.close(self.fd)
+        self.fd = -1
+        self._lost()
+
+    def abort(self) -> None:
+        """Close now, dropping anything not yet written."""
+        if self.fd >= 0:
+            self.connectionLost(Failure(main.CONNECTION_LOST))
+
+    def logPrefix(self) -> str:
+        return "exec-stdin"
+
+
+@implementer(IReadDescriptor)
+class ExitWatcher:
+    """Calls ``exited()`` when the pidfd it watches becomes readable (the process exited)."""
+
+    def __init__(self, reactor: Any, pidfd: int, exited: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.pidfd = pidfd
+        self._exited = exited
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.pidfd
+
+    def doRead(self) -> None:
+        self._exited()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            self.reactor.removeReader(self)
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    def logPrefix(self) -> str:
+        return "exec-pidfd"
+
+
+@implementer(IAddress)
+class CommandAddress:
+    """The address of a process transport: the command's pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"CommandAddress(pid={self.pid})"
+
+
+@implementer(IProcessTransport, IPushProducer)
+class CommandTransport:
+    """One running command, seen from the reactor. See the module docstring.
+
+    :param reactor: provides ``IReactorFDSet`` and ``IReactorTime`` (the clock
+        for the kill grace period and polling).
+    :param spawned: what :func:`netproto.exec.spawn.spawn` returned; this
+        object owns its descriptors from now on.
+    :param proto: the process protocol; its ``makeConnection`` is called here.
+    :param readSize: the most bytes one read of an output pipe returns.
+    :param killGrace: seconds between ``SIGTERM`` and ``SIGKILL`` when the
+        group is ended.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        spawned: Spawned,
+        proto: ProcessProtocol,
+        readSize: int,
+        killGrace: float,
+    ) -> None:
+        self.reactor = reactor
+        self.pid: int = spawned.pid
+        self.proto = proto
+        self.killGrace = killGrace
+        self.returncode: int | None = None
+        self.ended = False
+        self.gone = False
+        self.terminating = False
+        self._popen = spawned.popen
+        self._openOutputs = 2
+        self._paused = False
+        self._killTimer: IDelayedCall | None = None
+        self._pollTimer: IDelayedCall | None = None
+        self._exitTimer: IDelayedCall | None = None
+        self._drainTimer: IDelayedCall | None = None
+        self._pollDelay = GROUP_POLL_FIRST
+        self._drainDelay = GROUP_POLL_FIRST
+        self._killedAt: float | None = None
+        self._goneWaiters: list[Deferred[None]] = []
+        self._stdin: PipeWriter | None = None
+        if spawned.stdin is not None:
+            self._stdin = PipeWriter(reactor, spawned.stdin, self._stdinLost)
+        self._readers = {
+            1: PipeReader(reactor, spawned.stdout, readSize, self._out, self._outClosed(1)),
+            2: PipeReader(reactor, spawned.stderr, readSize, self._err, self._outClosed(2)),
+        }
+        self._watcher: ExitWatcher | None = None
+        if spawned.pidfd is not None:
+            self._watcher = ExitWatcher(reactor, spawned.pidfd, self._checkExit)
+        else:
+            self._exitTimer = reactor.callLater(EXIT_POLL, self._pollExit)
+        proto.makeConnection(self)
+        for reader in self._readers.values():
+            reader.startReading()
+
+    # -- output --------------------------------------------------------------
+
+    def _out(self, data: bytes) -> None:
+        self.proto.childDataReceived(1, data)
+
+    def _err(self, data: bytes) -> None:
+        self.proto.childDataReceived(2, data)
+
+    def _outClosed(self, fd: int) -> Callable[[], None]:
+        def closed() -> None:
+            self._openOutputs -= 1
+            self.proto.childConnectionLost(fd)
+            self._maybeEnded()
+
+        return closed
+
+    def pauseProducing(self) -> None:
+        """Stop reading the output pipes (the consumer is full)."""
+        self._paused = True
+        for reader in self._readers.values():
+            if reader.fd >= 0:
+                reader.stopReading()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        for reader in self._readers.values():
+            if reader.fd >= 0:
+                reader.startReading()
+
+    def stopProducing(self) -> None:
+        """The consumer went away: end the command."""
+        self.terminate()
+
+    # -- stdin ---------------------------------------------------------------
+
+    @property
+    def stdinOpen(self) -> bool:
+        return self._stdin is not None
+
+    @property
+    def stdinWriter(self) -> PipeWriter | None:
+        """The stdin pipe's writer, to register the client's transport as its producer."""
+        return self._stdin
+
+    def write(self, data: bytes) -> None:
+        if self._stdin is not None:
+            self._stdin.write(data)
+
+    def writeSequence(self, seq: Iterable[bytes]) -> None:
+        for data in seq:
+            self.write(data)
+
+    def writeToChild(self, childFD: int, data: bytes) -> None:
+        if childFD != 0:
+            raise KeyError(childFD)
+        self.write(data)
+
+    def closeStdin(self) -> None:
+        """End of input for the command, once what is buffered has been written."""
+        if self._stdin is not None:
+            self._stdin.finish()
+
+    def _stdinLost(self) -> None:
+        self._stdin = None
+        self.proto.childConnectionLost(0)
+
+    def closeStdout(self) -> None:
+        self._readers[1].close()
+
+    def closeStderr(self) -> None:
+        self._readers[2].close()
+
+    def closeChildFD(self, descriptor: int) -> None:
+        if descriptor == 0:
+            self.closeStdin()
+        elif descriptor in self._readers:
+            self._readers[descriptor].close()
+
+    # -- signals and the end -------------------------------------------------
+
+    def signalProcess(self, signalID: str | int) -> None:
+        """Signal the command's whole process group (``"INT"``, ``"KILL"``, ... or a number).
+
+        ``SIGKILL`` also gives up on output pipes still held, once the group
+        is gone, by processes that left it: the command then ends.
+        """
+        number = signalID if isinstance(signalID, int) else _spawn.signalNumber(signalID)
+        if self.gone:
+            return
+        if number == signal.SIGKILL:
+            self._kill()
+        else:
+            _spawn.killGroup(self.pid, number)
+
+    def terminate(self) -> None:
+        """End the command's group: ``SIGTERM`` now, ``SIGKILL`` after the grace period."""
+        if self.gone:
+            return
+        if not self.terminating:
+            self.terminating = True
+            _spawn.killGroup(self.pid, signal.SIGTERM)
+            self._killTimer = self.reactor.callLater(self.killGrace, self._kill)
+        if self._stdin is not None:
+            self._stdin.abort()
+
+    def _kill(self) -> None:
+        if self._killTimer is not None and self._killTimer.active():
+            self._killTimer.cancel()
+        self._killTimer = None
+        if self._killedAt is None:
+            self._killedAt = self.reactor.seconds()
+        _spawn.killGroup(self.pid, signal.SIGKILL)
+        if self._drainTimer is None and not self.ended:
+            self._drainTimer = self.reactor.callLater(self._drainDelay, self._drainAfterKill)
+
+    def _drainAfterKill(self) -> None:
+        """After ``SIGKILL``: once the leader is reaped and its group is empty, output
+        pipes still open are held by processes outside the group; stop waiting for them."""
+        self._drainTimer = None
+        if self.ended or self.gone:
+            return
+        killedFor = self.reactor.seconds() - (self._killedAt or 0.0)
+        if self.returncode is not None:
+            _spawn.reapGroup(self.pid)
+            if not _spawn.groupAlive(self.pid) or killedFor > GIVE_UP_AFTER_KILL:
+                for reader in self._readers.values():
+                    reader.close()
+                return
+        self._drainDelay = min(self._drainDelay * 2, GROUP_POLL_MAX)
+        self._drainTimer = self.reactor.callLater(self._drainDelay, self._drainAfterKill)
+
+    def loseConnection(self) -> None:
+        self.terminate()
+
+    def _checkExit(self) -> None:
+        if self.returncode is not None:
+            return
+        returncode = self._popen.poll()
+        if returncode is None:
+            return
+        self.returncode = returncode
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self.proto.processExited(self._reason())
+        self._maybeEnded()
+
+    def _pollExit(self) -> None:
+        self._exitTimer = None
+        self._checkExit()
+        if self.returncode is None:
+            self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
+
+    def _reason(self) -> Failure:
+        code = self.returncode
+        assert code is not None
+        if code == 0:
+            return Failure(ProcessDone(0))
+        if code < 0:
+            return Failure(ProcessTerminated(None, -code, None))
+        return Failure(ProcessTerminated(code, None, None))
+
+    def _maybeEnded(self) -> None:
+        if self.ended or self.returncode is None or self._openOutputs:
+            return
+        self.ended = True
+        if self._stdin is not None:
+            self._stdin.abort()
+        self.proto.processEnded(self._reason())
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """After the end: reap and end whatever is left of the group, until none is."""
+        self._pollTimer = None
+        _spawn.reapGroup(self.pid)
+        if not _spawn.groupAlive(self.pid):
+            self._gone()
+            return
+        if not self.terminating:
+            log.info(
+                "exec: command {pid} ended; ending what is left of its process group",
+                pid=self.pid,
+            )
+            self.terminate()
+        if (
+            self._killedAt is not None
+            and self.reactor.seconds() - self._killedAt > GIVE_UP_AFTER_KILL
+        ):
+            log.warn(
+                "exec: process group {pid} still has members {seconds} s after SIGKILL; "
+                "giving up on it",
+                pid=self.pid,
+                seconds=GIVE_UP_AFTER_KILL,
+            )
+            self._gone()
+            return
+        self._pollTimer = self.reactor.callLater(self._pollDelay, self._sweep)
+        self._pollDelay = min(self._pollDelay * 2, GROUP_POLL_MAX)
+
+    def _gone(self) -> None:
+        self.gone = True
+        for timer in (self._killTimer, self._pollTimer, self._exitTimer, self._drainTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._killTimer = self._pollTimer = self._exitTimer = self._drainTimer = None
+        waiters, self._goneWaiters = self._goneWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def whenGone(self) -> Deferred[None]:
+        """Fires once the command and every process of its group are gone and reaped."""
+        d: Deferred[None] = Deferred()
+        if self.gone:
+            d.callback(None)
+        else:
+            self._goneWaiters.append(d)
+        return d
+
+    # -- ITransport odds and ends ----------------------------------------------
+
+    def getPeer(self) -> CommandAddress:
+        return CommandAddress(self.pid)
+
+    def getHost(self) -> CommandAddress:
+        return CommandAddress(self.pid)
