@@ -156,10 +156,18 @@ class ExecPolicy:
         cwd = options.get("exec-cwd") or home
         if not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise ValueError(f"--exec-cwd {cwd!r}: not an absolute path of a directory")
-        maxTimeout = float(options.get("exec-timeout") or 0)
-        maxProcs = int(options.get("exec-max-procs") or DEFAULT_MAX_PROCS)
-        perUser = int(options.get("exec-max-procs-per-user") or DEFAULT_MAX_PROCS_PER_USER)
-        grace = float(options.get("exec-kill-grace") or DEFAULT_KILL_GRACE)
+
+        def number(name: str, default: float) -> float:
+            value = options.get(name)
+            try:
+                return default if value is None else float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"--{name} {value!r}: not a number") from None
+
+        maxTimeout = number("exec-timeout", 0)
+        maxProcs = int(number("exec-max-procs", DEFAULT_MAX_PROCS))
+        perUser = int(number("exec-max-procs-per-user", DEFAULT_MAX_PROCS_PER_USER))
+        grace = number("exec-kill-grace", DEFAULT_KILL_GRACE)
         if maxTimeout < 0 or maxProcs < 1 or perUser < 1 or grace <= 0:
             raise ValueError(
                 "--exec-timeout must be >= 0, --exec-max-procs and "

@@ -83,8 +83,13 @@ class CommandProtocol(ProcessProtocol):
         if self.timeout is not None:
             self._timer = self.clock.callLater(self.timeout, self._timeoutPassed)
 
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        kind = b"1" if childFD == 1 else b"2"
+    def outReceived(self, data: bytes) -> None:
+        self._send(b"1", data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._send(b"2", data)
+
+    def _send(self, kind: bytes, data: bytes) -> None:
         limit = self.maxPayload
         if len(data) <= limit:
             self.sink.sendFrame(kind, data)

@@ -52,6 +52,10 @@ class ExecProtocol(FramedProtocol):
         prepared = self.factory.policy.prepare(request, user=self.avatar.name, peer=self.peer)
         self.command = self.factory.startCommand(self, prepared, self.avatar.name)
         self.stdinOpen = prepared.stdin
+        # Backpressure: while this connection's send buffer is full, the
+        # command's output is not read (and the command blocks on its pipe).
+        assert self.transport is not None
+        IConsumer(self.transport).registerProducer(self.command, True)
 
     def _stdin(self, payload: bytes) -> None:
         command = self.command

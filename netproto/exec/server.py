@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from netproto.errors import ErrorCode, ProtocolError
@@ -159,9 +159,8 @@ class ExecFactory(FramedFactory):
                 "before", "shutdown", self._beforeShutdown
             )
         assert proto.transport is not None
-        # Backpressure both ways: a full client connection pauses the command's
-        # output; a full stdin pipe pauses reading the client.
-        IConsumer(proto.transport).registerProducer(bridge, True)
+        # A full stdin pipe pauses reading the client (the protocol registers
+        # the command as its connection's producer: the other direction).
         if transport.stdinWriter is not None:
             transport.stdinWriter.registerProducer(IPushProducer(proto.transport), True)
         self.log.info(
