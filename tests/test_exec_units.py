@@ -251,7 +251,7 @@ def test_signal_names_round_trip() -> None:
     """S frame names map to signal numbers and X frame names back."""
     assert signalName(signalNumber("INT")) == "INT"
     assert signalName(signalNumber("KILL")) == "KILL"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown signal"):
         signalNumber("NOPE")
 
 
@@ -304,7 +304,7 @@ def bridge(
 ) -> tuple[CommandProtocol, FakeSink, FakeProcess, Clock]:
     sink, process, clock = FakeSink(), FakeProcess(), Clock()
     proto = CommandProtocol(sink, clock, timeout, maxPayload)
-    proto.makeConnection(process)  # type: ignore[arg-type]
+    proto.makeConnection(process)
     return proto, sink, process, clock
 
 
@@ -396,12 +396,17 @@ class ScriptedFactory(ExecFactory):
     def startCommand(self, proto: ExecProtocol, prepared: Prepared, user: str) -> CommandProtocol:
         command = CommandProtocol(proto, self.context.reactor, prepared.timeout, self.maxFrame - 1)
         process = FakeProcess(pid=1000 + len(self.started))
-        command.makeConnection(process)  # type: ignore[arg-type]
+        command.makeConnection(process)
         self.started.append((command, process, prepared))
         return command
 
 
 class Conn:
+    """One exec connection on a StringTransport, logged in, over a ScriptedFactory."""
+
+    proto: ExecProtocol
+    transport: StringTransport
+
     def __init__(self, tmp_path: Path) -> None:
         self.clock = MemoryReactorClock()
         context = makeContext(tmp_path, reactor=self.clock)
