@@ -25,6 +25,7 @@ the next ``P``. Every refusal and error of this service is non-fatal except
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections import deque
@@ -228,14 +229,17 @@ class UploadProtocol(FramedProtocol):
         upload.partial = partial
         upload.offset = upload.received = partial.offset
         self.phase = Phase.RECEIVING
-        self.log.info(
-            "upload: {peer} ({user}) sends {name} ({size} bytes from {offset})",
-            peer=self.peer,
-            user=self._user(),
-            name=upload.name,
-            size=upload.size,
-            offset=upload.offset,
-        )
+        # One line per stored file is the audit trail; a line per start only
+        # for resumes (a log event costs as much as a small file's syscalls).
+        if upload.offset:
+            self.log.info(
+                "upload: {peer} ({user}) resumes {name} ({size} bytes from {offset})",
+                peer=self.peer,
+                user=self._user(),
+                name=upload.name,
+                size=upload.size,
+                offset=upload.offset,
+            )
         self.sendJSON(b"K", {"offset": partial.offset})
 
     def _openFailed(self, failure: Failure, upload: Upload) -> None:
@@ -410,8 +414,6 @@ def _complete(partial: PartialFile, chunks: list[bytes], sha256: str, overwrite:
 
 def _keep(partial: PartialFile, chunks: list[bytes]) -> None:
     """In the worker: write what was received, then keep the partial file for a resume."""
-    try:
+    with contextlib.suppress(ProtocolError):  # the data is broken: keep() removes it
         partial.write(chunks)
-    except ProtocolError:
-        pass  # the data is broken: keep() removes it
     partial.keep()
