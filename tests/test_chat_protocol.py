@@ -35,15 +35,23 @@ class Harness:
         assert isinstance(proto, ChatProtocol)
         transport = StringTransport(peerAddress=addr)
         proto.makeConnection(transport)
+        self.clock.advance(0)
         self.transports.append(transport)
         for t in self.transports:  # welcomes and join notices: each test starts after them
             t.clear()
         return proto, transport
 
 
+    def lines(self, transport: StringTransport) -> list[bytes]:
+        """What was written since the last call, once this turn's broadcasts went out,
+        split into lines (each must end with CRLF)."""
+        self.clock.advance(0)
+        return lines(transport)
+
+
 def lines(transport: StringTransport) -> list[bytes]:
     """What was written since the last call, split into lines (each must end with CRLF)."""
-    data = transport.value()
+    data: bytes = transport.value()
     transport.clear()
     assert data == b"" or data.endswith(b"\r\n")
     return data.split(b"\r\n")[:-1]
@@ -57,6 +65,7 @@ def test_lf_and_crlf_input_both_work_and_output_is_crlf() -> None:
     a.dataReceived(b"from nc\nfrom telnet\r\nsplit ")
     a.dataReceived(b"line\r")
     a.dataReceived(b"\n")
+    h.clock.advance(0)
     assert tb.value() == b"<guest1> from nc\r\n<guest1> from telnet\r\n<guest1> split line\r\n"
 
 
@@ -66,7 +75,7 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
     a, _ = h.connect()
     b, tb = h.connect()
     a.dataReceived(b"caf\xe9 \xc3\xa9\n")
-    assert lines(tb) == ["<guest1> caf\ufffd é".encode()]
+    assert h.lines(tb) == ["<guest1> caf\ufffd é".encode()]
 
 
 def test_telnet_sequences_are_removed_and_option_offers_refused() -> None:
@@ -77,7 +86,7 @@ def test_telnet_sequences_are_removed_and_option_offers_refused() -> None:
     seq = bytes([IAC, WILL, 24, IAC, DO, 1, IAC, WONT, 3, IAC, DONT, 5, IAC, 244])
     sub = bytes([IAC, SB, 24, 0]) + b"xterm" + bytes([IAC, SE])
     a.dataReceived(b"he" + seq + b"llo" + sub + b"\r\n")
-    assert lines(tb) == [b"<guest1> hello"]
+    assert h.lines(tb) == [b"<guest1> hello"]
     assert ta.value() == bytes([IAC, DONT, 24, IAC, WONT, 1])
 
 
@@ -89,7 +98,7 @@ def test_telnet_sequences_split_across_reads_are_still_removed() -> None:
     data = b"ab" + bytes([IAC, SB, 31, 0, 80, IAC, IAC, 0, 24, IAC, SE, IAC, IAC]) + b"cd\r\n"
     for i in range(len(data)):
         a.dataReceived(data[i : i + 1])
-    assert lines(tb) == [b"<guest1> abcd"]
+    assert h.lines(tb) == [b"<guest1> abcd"]
 
 
 def test_telnet_filter_gives_up_on_a_runaway_subnegotiation() -> None:
@@ -106,12 +115,13 @@ def test_over_long_line_gets_an_error_and_the_connection_stays_usable() -> None:
     b, tb = h.connect()
     a.dataReceived(b"x" * 10 + b"\r\n")  # exactly the limit, CR not counted
     a.dataReceived(b"y" * 11 + b"\nafter one\n")
+    h.clock.advance(0)
     a.dataReceived(b"z" * 30)
     a.dataReceived(b"z" * 30)
     a.dataReceived(b"zz\nafter two\n")
     a.dataReceived(b"w" * 11 + b"\r\n")
-    assert lines(tb) == [b"<guest1> " + b"x" * 10, b"<guest1> after one", b"<guest1> after two"]
-    assert lines(ta) == [b"! line too long (limit 10 bytes)"] * 3
+    assert h.lines(tb) == [b"<guest1> " + b"x" * 10, b"<guest1> after one", b"<guest1> after two"]
+    assert h.lines(ta) == [b"! line too long (limit 10 bytes)"] * 3
     assert not ta.disconnecting
 
 
@@ -121,13 +131,13 @@ def test_flood_control_drops_excess_lines_with_one_slow_down() -> None:
     a, ta = h.connect()
     b, tb = h.connect()
     a.dataReceived(b"".join(b"m%d\n" % i for i in range(50)))
-    got = lines(tb)
+    got = h.lines(tb)
     assert got == [b"<guest1> m%d" % i for i in range(40)]
-    assert lines(ta) == [b"! slow down"]
+    assert h.lines(ta) == [b"! slow down"]
     h.clock.advance(0.5)  # 10 more lines' worth
     a.dataReceived(b"".join(b"n%d\n" % i for i in range(12)))
-    assert lines(tb) == [b"<guest1> n%d" % i for i in range(10)]
-    assert lines(ta) == [b"! slow down"]
+    assert h.lines(tb) == [b"<guest1> n%d" % i for i in range(10)]
+    assert h.lines(ta) == [b"! slow down"]
 
 
 def test_flood_control_off_with_rate_zero() -> None:
@@ -136,7 +146,7 @@ def test_flood_control_off_with_rate_zero() -> None:
     a, _ = h.connect()
     b, tb = h.connect()
     a.dataReceived(b"x\n" * 500)
-    assert len(lines(tb)) == 500
+    assert len(h.lines(tb)) == 500
 
 
 def test_a_client_that_stops_reading_is_cut_off_without_slowing_others() -> None:
@@ -151,10 +161,11 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others() -> None
     slow.pauseProducing()  # what the TCP transport does when its buffer passes 64 KiB
     for i in range(30):
         a.dataReceived(b"line %02d ".ljust(60, b"x") % i + b"\n")
+        h.clock.advance(0)
     assert ts.disconnected  # abortConnection
-    assert len(lines(tc)) == 30
+    assert len(h.lines(tc)) == 30
     slow.connectionLost(Failure(ConnectionLost()))
-    assert lines(tc) == [b"*** guest2 has quit (too slow reading)"]
+    assert h.lines(tc) == [b"*** guest2 has quit (too slow reading)"]
     assert h.factory.clients == 2
 
 
@@ -166,8 +177,9 @@ def test_a_reader_that_catches_up_is_not_cut_off() -> None:
     for _ in range(5):
         b.pauseProducing()
         a.dataReceived(b"y" * 500 + b"\n")
+        h.clock.advance(0)
         b.resumeProducing()
-    assert not tb.disconnected and len(lines(tb)) == 5
+    assert not tb.disconnected and len(h.lines(tb)) == 5
 
 
 def test_quit_closes_after_the_notice_and_ignores_what_follows() -> None:
@@ -176,10 +188,10 @@ def test_quit_closes_after_the_notice_and_ignores_what_follows() -> None:
     a, ta = h.connect()
     b, tb = h.connect()
     a.dataReceived(b"/quit see you\nignored\n")
-    assert lines(tb) == [b"*** guest1 has quit (see you)"]
+    assert h.lines(tb) == [b"*** guest1 has quit (see you)"]
     assert ta.disconnecting and ta.producer is None
     a.connectionLost(Failure(ConnectionDone()))
-    assert lines(tb) == []
+    assert h.lines(tb) == []
 
 
 def test_idle_clients_are_disconnected_after_the_timeout() -> None:
@@ -191,10 +203,11 @@ def test_idle_clients_are_disconnected_after_the_timeout() -> None:
     for _ in range(8):
         h.clock.advance(10)
         talker.dataReceived(b"still here\n")
-    assert lines(tq)[-1] == b"! idle for 60 s; disconnecting"
+    assert h.lines(tq)[-1] == b"! idle for 60 s; disconnecting"
     assert tq.disconnecting and not tt.disconnecting
-    assert lines(tt)[-1] == b"*** guest1 has quit (idle timeout)"
+    assert h.lines(tt)[-1] == b"*** guest1 has quit (idle timeout)"
     h.factory.stopFactory()
+    h.clock.advance(0)
     assert not h.clock.getDelayedCalls()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -29,9 +31,9 @@ class Fake:
         self.closed = False
 
     def deliver(self, line: bytes) -> None:
-        assert line.endswith(b"\r\n") and b"\r\n" not in line[:-2]
+        assert line.endswith(b"\r\n")
         self.raw.append(line)
-        self.lines.append(line[:-2].decode("utf-8"))
+        self.lines.extend(line.decode("utf-8").split("\r\n")[:-1])
 
     def close(self) -> None:
         self.closed = True
@@ -378,3 +380,96 @@ def test_name_rules(name: str, ok: bool) -> None:
 def test_clean_text_keeps_tabs_and_unicode() -> None:
     """Cleaning removes control characters only."""
     assert cleanText(" héllo\t日本\x07 ") == "héllo\t日本"
+
+
+# -- coalescing: broadcasts of one reactor turn go out together ------------------------
+
+
+class Turn:
+    """A stand-in for ``reactor.callLater(0, f)``: ``end()`` runs what was scheduled."""
+
+    def __init__(self) -> None:
+        self.calls: list[Callable[[], None]] = []
+
+    def __call__(self, f: Callable[[], None]) -> None:
+        self.calls.append(f)
+
+    def end(self) -> None:
+        calls, self.calls = self.calls, []
+        for f in calls:
+            f()
+
+
+def coalescing(n: int) -> tuple[ChatServer, Turn, list[Fake]]:
+    turn = Turn()
+    server = ChatServer(callSoon=turn)
+    people = connected(server, n)
+    turn.end()
+    for p in people:
+        p.take()
+        p.raw.clear()
+    return server, turn, people
+
+
+def test_a_turns_broadcasts_reach_each_member_as_one_shared_write() -> None:
+    """Lines from one turn are joined once: every member due all of them gets the same single
+    bytes object; a sender gets the others' lines only, in order."""
+    server, turn, (a, b, c, d) = coalescing(4)
+    interpret(server, a, "one")
+    interpret(server, b, "two")
+    interpret(server, a, "/me three")
+    assert c.raw == []
+    turn.end()
+    assert len(c.raw) == len(d.raw) == 1 and c.raw[0] is d.raw[0]
+    assert c.take() == ["<guest1> one", "<guest2> two", "* guest1 three"]
+    assert a.take() == ["<guest2> two"]
+    assert b.take() == ["<guest1> one", "* guest1 three"]
+
+
+def test_a_member_joining_mid_turn_gets_only_what_follows_its_join() -> None:
+    """A newcomer is not sent lines broadcast before it joined (it gets them as history)."""
+    server, turn, (a, b) = coalescing(2)
+    interpret(server, a, "before")
+    c = Fake()
+    server.connect(c)
+    interpret(server, a, "after")
+    turn.end()
+    assert c.take() == [
+        "*** Welcome to netproto chat. You are guest3 in #lobby. /help for commands.",
+        "*** history: <guest1> before",
+        "<guest1> after",
+    ]
+    assert b.take() == ["<guest1> before", "*** guest3 has joined #lobby", "<guest1> after"]
+
+
+def test_direct_lines_never_overtake_room_lines_owed_to_the_same_member() -> None:
+    """A private message after a room message arrives after it (the room flushes first)."""
+    server, turn, (a, b) = coalescing(2)
+    interpret(server, a, "public")
+    interpret(server, a, "/msg guest2 private")
+    assert b.take() == ["<guest1> public", "*guest1* private"]
+    turn.end()
+    assert b.take() == []
+
+
+def test_a_member_leaving_mid_turn_gets_nothing_more_and_a_mover_gets_what_it_was_owed() -> None:
+    """Disconnected members are skipped at the flush; a member changing rooms first gets the
+    old room's pending lines, then its part and join notices."""
+    server, turn, (a, b, c) = coalescing(3)
+    interpret(server, a, "hello")
+    server.disconnect(b, "gone")
+    interpret(server, c, "/join dev")
+    turn.end()
+    assert b.take() == []
+    assert c.take() == ["<guest1> hello", "*** guest2 has quit (gone)", "*** guest3 has left #lobby",
+                        "*** guest3 has joined #dev"]
+    assert a.take() == ["*** guest2 has quit (gone)", "*** guest3 has left #lobby"]
+
+
+def test_quit_delivers_the_notice_before_closing() -> None:
+    """``/quit`` flushes the quit notice to the room before the quitter is closed."""
+    server, turn, (a, b) = coalescing(2)
+    closedAfter: list[list[str]] = []
+    a.close = lambda: closedAfter.append(list(b.lines))  # type: ignore[method-assign]
+    interpret(server, a, "/quit bye")
+    assert closedAfter == [["*** guest1 has quit (bye)"]]

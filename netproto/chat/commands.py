@@ -46,7 +46,7 @@ def _me(server: ChatServer, p: IParticipant, args: str) -> None:
 
 def _help(server: ChatServer, p: IParticipant, args: str) -> None:
     for line in HELP:
-        p.deliver(line)
+        server.send(p, line)
 
 
 def _quit(server: ChatServer, p: IParticipant, args: str) -> None:
@@ -86,4 +86,4 @@ def interpret(server: ChatServer, participant: IParticipant, text: str) -> None:
                 raise ChatError(f"unknown command: /{cleanText(name)[:32]} (try /help)")
             command[0](server, participant, args.strip())
     except ChatError as e:
-        participant.deliver(errorLine(str(e)))
+        server.send(participant, errorLine(str(e)))

@@ -152,7 +152,8 @@ class ChatProtocol(LineReceiver):
             self._pending = line[cut + 1 :]
 
     def _tooLong(self) -> None:
-        self.deliver(errorLine(f"line too long (limit {self.factory.config.maxLine} bytes)"))
+        factory = self.factory
+        factory.server.send(self, errorLine(f"line too long (limit {factory.config.maxLine} bytes)"))
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
@@ -173,7 +174,7 @@ class ChatProtocol(LineReceiver):
             if due - now > factory.burstTolerance:
                 if not self._throttled:
                     self._throttled = True
-                    self.deliver(SLOW_DOWN)
+                    factory.server.send(self, SLOW_DOWN)
                 return
             self._tat = due + interval
             self._throttled = False
@@ -212,9 +213,10 @@ class ChatProtocol(LineReceiver):
 
     def timedOut(self) -> None:
         """The idle timeout passed: say so, tell the room, close."""
-        self.deliver(errorLine(f"idle for {self.factory.config.idleTimeout:g} s; disconnecting"))
+        factory = self.factory
+        factory.server.send(self, errorLine(f"idle for {factory.config.idleTimeout:g} s; disconnecting"))
         self._reason = "idle timeout"
-        self.factory.server.quit(self, self._reason)
+        factory.server.quit(self, self._reason)
 
     # -- IPushProducer: the transport's signals about its output buffer ------------------
 

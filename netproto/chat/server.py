@@ -57,7 +57,9 @@ class ChatFactory(ServerFactory):
     def __init__(self, config: ChatConfig, clock: Any, server: ChatServer | None = None) -> None:
         self.config = config
         self.clock = clock
-        self.server = server if server is not None else ChatServer(config.history)
+        if server is None:
+            server = ChatServer(config.history, callSoon=lambda f: clock.callLater(0, f))
+        self.server = server
         self.clients = 0
         self.perAddress: dict[str, int] = {}
         # Flood control (see ChatProtocol.lineReceived): one line per `lineInterval`

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from zope.interface import Attribute, Interface
 
@@ -56,12 +56,12 @@ class IParticipant(Interface):
         "ChatServer.connect and after ChatServer.disconnect"
     )
 
-    def deliver(line: bytes) -> None:
-        """Send one UTF-8 line ending in CRLF.
+    def deliver(lines: bytes) -> None:
+        """Send one or more whole UTF-8 lines, each ending in CRLF.
 
-        The same ``bytes`` object goes to every recipient of an event: never modify
-        it, and never block; a participant that cannot keep up must drop itself
-        (by closing) rather than slow the sender.
+        The same ``bytes`` object goes to every recipient due the same lines: never
+        modify it, and never block; a participant that cannot keep up must drop
+        itself (by closing) rather than slow anyone else.
         """
 
     def close() -> None:
@@ -129,21 +129,42 @@ def listLines(head: str, items: Iterable[str]) -> Iterator[bytes]:
 
 
 class ChatRoom:
-    """A room: its members in join order and its recent messages.
+    """A room: its members in join order, its recent messages, and its outbox.
 
     :ivar name: the name as its creator wrote it (without ``#``).
     :ivar members: participants in join order (a dict used as an ordered set), so a
         broadcast reaches the oldest member first and the newest last.
     :ivar history: the last messages (encoded lines), or None when history is off.
+
+    Without ``callSoon`` every broadcast is delivered at once. With it (the server
+    passes ``reactor.callLater(0, ...)``), broadcasts made during one reactor turn
+    wait in an outbox and :meth:`flush` sends them together: each member gets ONE
+    ``bytes`` object per turn, the same object for every member who is due the same
+    lines. Twisted's transport then writes it without copying, however many lines
+    and members there are; a burst of joins or messages costs one write per member,
+    not one per line per member. Members who joined during the turn, and senders
+    (who never get their own messages back), get their own shorter join of the
+    lines meant for them. Per member, the order of lines is the order of events:
+    see :meth:`ChatServer.send`.
     """
 
-    __slots__ = ("name", "members", "history", "_snapshot")
+    __slots__ = ("name", "members", "history", "_snapshot", "_callSoon", "_outbox", "_newcomers")
 
-    def __init__(self, name: str, historyLength: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        historyLength: int,
+        callSoon: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.name = name
         self.members: dict[IParticipant, None] = {}
         self.history: deque[bytes] | None = deque(maxlen=historyLength) if historyLength else None
         self._snapshot: tuple[IParticipant, ...] | None = None
+        self._callSoon = callSoon
+        #: (line, the member it is not for) in broadcast order, until the flush.
+        self._outbox: list[tuple[bytes, IParticipant | None]] = []
+        #: members who joined while the outbox held lines -> how many were not for them
+        self._newcomers: dict[IParticipant, int] = {}
 
     @property
     def label(self) -> str:
@@ -151,26 +172,58 @@ class ChatRoom:
         return "#" + self.name
 
     def add(self, participant: IParticipant) -> None:
+        if self._outbox:
+            self._newcomers[participant] = len(self._outbox)
         self.members[participant] = None
         self._snapshot = None
 
     def remove(self, participant: IParticipant) -> None:
+        """Take ``participant`` out; lines still in the outbox are not sent to it."""
         del self.members[participant]
+        self._newcomers.pop(participant, None)
         self._snapshot = None
 
-    def broadcast(self, line: bytes, exclude: IParticipant | None = None) -> None:
-        """``line`` to every member but ``exclude``, oldest member first.
-
-        Iterates over a snapshot of the membership, kept until the membership
-        changes, so a member that drops out during delivery cannot disturb it, and
-        a busy room does not copy its member list for every message.
-        """
+    def _members(self) -> tuple[IParticipant, ...]:
+        # A snapshot kept until the membership changes: a member dropping out during
+        # delivery cannot disturb the iteration, and a busy room does not copy its
+        # member list for every message.
         members = self._snapshot
         if members is None:
             members = self._snapshot = tuple(self.members)
-        for member in members:
-            if member is not exclude:
-                member.deliver(line)
+        return members
+
+    def broadcast(self, line: bytes, exclude: IParticipant | None = None) -> None:
+        """``line`` to every member but ``exclude``, oldest member first."""
+        if self._callSoon is None:
+            for member in self._members():
+                if member is not exclude:
+                    member.deliver(line)
+            return
+        if not self._outbox:
+            self._callSoon(self.flush)
+        self._outbox.append((line, exclude))
+
+    def owes(self, participant: IParticipant) -> bool:
+        """Whether the outbox may hold lines for ``participant``."""
+        return len(self._outbox) > self._newcomers.get(participant, 0)
+
+    def flush(self) -> None:
+        """Deliver the outbox now (it is called by ``callSoon``, or early when order needs it)."""
+        outbox = self._outbox
+        if not outbox:
+            return
+        newcomers = self._newcomers
+        self._outbox, self._newcomers = [], {}
+        full = outbox[0][0] if len(outbox) == 1 else b"".join([line for line, _ in outbox])
+        senders = {sender for _, sender in outbox}
+        for member in self._members():
+            start = newcomers.get(member, 0) if newcomers else 0
+            if not start and member not in senders:
+                member.deliver(full)
+            else:
+                own = b"".join([line for line, x in outbox[start:] if x is not member])
+                if own:
+                    member.deliver(own)
 
     def remember(self, line: bytes) -> None:
         if self.history is not None:
@@ -182,10 +235,18 @@ class ChatServer:
     who receives which line.
 
     :param historyLength: messages per room replayed to a joiner (0: none).
+    :param callSoon: schedules a call for the end of the current reactor turn (e.g.
+        ``lambda f: reactor.callLater(0, f)``), so rooms coalesce their broadcasts
+        (see :class:`ChatRoom`); None delivers every line at once.
     """
 
-    def __init__(self, historyLength: int = 20) -> None:
+    def __init__(
+        self,
+        historyLength: int = 20,
+        callSoon: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.historyLength = historyLength
+        self.callSoon = callSoon
         #: nameKey(nick) -> participant: every connected participant.
         self.nicks: dict[str, IParticipant] = {}
         #: nameKey(room name) -> room; a room exists while it has members.
@@ -201,8 +262,9 @@ class ChatServer:
         self.nicks[nameKey(nick)] = participant
         room = self._enter(participant, LOBBY)
         room.broadcast(notice(f"{nick} has joined {room.label}"), exclude=participant)
-        participant.deliver(
-            notice(f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands.")
+        self.send(
+            participant,
+            notice(f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands."),
         )
         self._replay(room, participant)
 
@@ -220,8 +282,23 @@ class ChatServer:
 
     def quit(self, participant: IParticipant, reason: str) -> None:
         """``/quit``: the others hear of it first, then the participant is closed."""
+        room = participant.room
         self.disconnect(participant, reason)
+        if room is not None:
+            room.flush()
         participant.close()
+
+    def send(self, participant: IParticipant, line: bytes) -> None:
+        """``line`` to ``participant`` alone (replies, errors, private messages).
+
+        Any line its room still owes it goes first, so every participant sees events
+        in the order they happened (a private message never overtakes the same
+        sender's earlier room message).
+        """
+        room = participant.room
+        if room is not None and room.owes(participant):
+            room.flush()
+        participant.deliver(line)
 
     # -- talking -------------------------------------------------------------------
 
@@ -255,7 +332,7 @@ class ChatServer:
         target = self.nicks.get(nameKey(unicodedata.normalize("NFC", nick)))
         if target is None:
             raise ChatError(f"no such nick: {cleanText(nick)}")
-        target.deliver(encodeLine(f"*{participant.nick}* {text}"))
+        self.send(target, encodeLine(f"*{participant.nick}* {text}"))
 
     # -- nicks and rooms -----------------------------------------------------------
 
@@ -295,12 +372,15 @@ class ChatServer:
             return
         if nameKey(old.name) == nameKey(roomName):
             raise ChatError(f"you are already in {old.label}")
+        old.flush()  # what the old room owes the mover, before it goes
         self._leave(participant, old)
         left = notice(f"{participant.nick} has left {old.label}")
         old.broadcast(left)
-        participant.deliver(left)
+        self.send(participant, left)
         room = self._enter(participant, roomName)
-        room.broadcast(notice(f"{participant.nick} has joined {room.label}"))
+        joined = notice(f"{participant.nick} has joined {room.label}")
+        room.broadcast(joined, exclude=participant)
+        self.send(participant, joined)
         self._replay(room, participant)
 
     def who(self, participant: IParticipant) -> None:
@@ -310,14 +390,14 @@ class ChatServer:
             return
         count = len(room.members)
         for line in listLines(f"{count} in {room.label}", (m.nick for m in room.members)):
-            participant.deliver(line)
+            self.send(participant, line)
 
     def listRooms(self, participant: IParticipant) -> None:
         """``/rooms``: every room with its member count, by name."""
         rooms = sorted(self.rooms.values(), key=lambda r: nameKey(r.name))
         head = f"{len(rooms)} room" + ("" if len(rooms) == 1 else "s")
         for line in listLines(head, (f"{r.label} ({len(r.members)})" for r in rooms)):
-            participant.deliver(line)
+            self.send(participant, line)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -332,7 +412,7 @@ class ChatServer:
         key = nameKey(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = ChatRoom(name, self.historyLength)
+            room = self.rooms[key] = ChatRoom(name, self.historyLength, self.callSoon)
         room.add(participant)
         participant.room = room
         return room
@@ -346,4 +426,4 @@ class ChatServer:
     def _replay(self, room: ChatRoom, participant: IParticipant) -> None:
         if room.history:
             for line in tuple(room.history):
-                participant.deliver(HISTORY_PREFIX + line)
+                self.send(participant, HISTORY_PREFIX + line)
