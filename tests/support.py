@@ -84,7 +84,9 @@ class BlockingFramed:
 
     @classmethod
     def connect(cls, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> BlockingFramed:
-        return cls(socket.create_connection((host, port), timeout=timeout))
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock)
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         self.sock.sendall(struct.pack(">I", len(payload) + 1) + kind + payload)
