@@ -53,6 +53,14 @@ PRE_AUTH_MAX_FRAME: Final = 4 * 1024
 #: type byte. Announced in the hello as ``max_frame``.
 DEFAULT_MAX_FRAME: Final = 256 * 1024 + 1
 
+#: Twisted's TCP transport reads at most ``bufferSize`` (64 KiB) per call. A
+#: connection whose reads fill that is streaming data (an upload, a command's
+#: stdin): its read size grows, by 4x each time a read comes back full, up to
+#: this, which cuts the per-read work of the reactor for bulk transfers.
+#: The same attribute is the transport's write-buffer threshold for
+#: producers, so the bound on what one connection buffers grows with it.
+MAX_READ_SIZE: Final = 1024 * 1024
+
 _TYPE_BYTES: Final = [bytes((i,)) for i in range(256)]
 
 
@@ -176,6 +184,17 @@ class FrameDecoder:
         return kind, payload
 
 
+def growReadSize(transport: object, lastRead: int) -> None:
+    """Let a TCP transport read more per call once a read came back full.
+
+    Only Twisted's own socket transports have ``bufferSize``; others (TLS,
+    in-memory test transports) are left alone.
+    """
+    size = getattr(transport, "bufferSize", None)
+    if isinstance(size, int) and lastRead >= size and size < MAX_READ_SIZE:
+        transport.bufferSize = min(size * 4, MAX_READ_SIZE)  # type: ignore[attr-defined]
+
+
 class State(enum.Enum):
     """Where a framed connection is in its life."""
 
@@ -270,6 +289,8 @@ class FramedProtocol(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        if len(data) >= 65536:
+            growReadSize(self.transport, len(data))
         self._decoder.feed(data)
         self._dispatchBuffered()
 

@@ -375,3 +375,21 @@ def test_error_codes_are_the_contract() -> None:
     """The codes are exactly PROTOCOL.md's list."""
     assert len(ERROR_CODES) == 15
     assert "checksum-mismatch" in ERROR_CODES
+
+
+def test_read_size_grows_for_streaming_connections() -> None:
+    """Full 64 KiB reads make the transport read 4x more per call, up to 1 MiB; small reads don't."""
+    from netproto.framing import MAX_READ_SIZE, growReadSize
+
+    class FakeTCP:
+        bufferSize = 65536
+
+    t = FakeTCP()
+    growReadSize(t, 1000)
+    assert t.bufferSize == 65536
+    growReadSize(t, 65536)
+    assert t.bufferSize == 262144
+    for _ in range(5):
+        growReadSize(t, t.bufferSize)
+    assert t.bufferSize == MAX_READ_SIZE
+    growReadSize(object(), 1 << 20)  # transports without bufferSize are left alone
