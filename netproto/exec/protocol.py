@@ -14,13 +14,15 @@ mistake. A ``0`` for a command started without ``"stdin": true``, or after
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import select
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netproto.errors import ProtocolError
-from netproto.framing import FramedProtocol, FrameHandler, decodeJSON
+from netproto.framing import FramedProtocol, FrameHandler, State, decodeJSON
 
 if TYPE_CHECKING:
     from netproto.exec.process import CommandProtocol
@@ -28,6 +30,78 @@ if TYPE_CHECKING:
 
 #: The signals a client may send with ``S``.
 SIGNALS: frozenset[str] = frozenset({"INT", "TERM", "KILL", "HUP"})
+#: While the client is not read (its command's stdin is full), how often its
+#: socket is checked for the client having gone: a transport that is not
+#: reading is not watched by the reactor at all.
+HANGUP_CHECK: Final = 1.0
+_POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0)
+
+
+def peerHungUp(transport: object) -> bool:
+    """Whether the peer of ``transport``'s socket has closed or reset it
+    (``POLLRDHUP``: seen even with unread data before it)."""
+    getHandle = getattr(transport, "getHandle", None)
+    if getHandle is None:
+        return False
+    try:
+        fd = getHandle().fileno()
+        poller = select.poll()
+        poller.register(fd, _POLLRDHUP | select.POLLHUP | select.POLLERR)
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(mask & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, mask in events)
+
+
+@implementer(IPushProducer)
+class ClientReading:
+    """Reading the client, as the producer of a command's stdin pipe.
+
+    Paused while the pipe is full (the client is then not read, and TCP slows
+    it down); while paused, the socket is checked every :data:`HANGUP_CHECK`
+    seconds, and a client that has gone is disconnected, which ends its
+    command. Without the check, a client vanishing while its command ignores
+    stdin would never be noticed.
+    """
+
+    def __init__(self, proto: ExecProtocol, clock: Any) -> None:
+        self.proto = proto
+        self.clock = clock
+        self._check: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        transport = self.proto.transport
+        if transport is not None:
+            IPushProducer(transport).pauseProducing()
+            if self._check is None:
+                self._check = self.clock.callLater(HANGUP_CHECK, self._checkPeer)
+
+    def resumeProducing(self) -> None:
+        self._cancel()
+        transport = self.proto.transport
+        if transport is not None:
+            IPushProducer(transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._check is not None and self._check.active():
+            self._check.cancel()
+        self._check = None
+
+    def _checkPeer(self) -> None:
+        self._check = None
+        transport = self.proto.transport
+        if transport is None or self.proto.state is State.CLOSED:
+            return
+        if peerHungUp(transport):
+            self.proto.log.info(
+                "exec: {peer} went away while its command's stdin was full", peer=self.proto.peer
+            )
+            ITCPTransport(transport).abortConnection()
+            return
+        self._check = self.clock.callLater(HANGUP_CHECK, self._checkPeer)
 
 
 class ExecProtocol(FramedProtocol):

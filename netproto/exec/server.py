@@ -22,14 +22,13 @@ from collections import Counter
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from netproto.errors import ErrorCode, ProtocolError
 from netproto.exec import spawn as _spawn
 from netproto.exec.policy import ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol
-from netproto.exec.protocol import ExecProtocol
+from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.transport import CommandTransport
 from netproto.framing import DEFAULT_MAX_FRAME, FramedFactory
 from netproto.services import ServerContext, ServiceError
@@ -162,7 +161,7 @@ class ExecFactory(FramedFactory):
         # A full stdin pipe pauses reading the client (the protocol registers
         # the command as its connection's producer: the other direction).
         if transport.stdinWriter is not None:
-            transport.stdinWriter.registerProducer(IPushProducer(proto.transport), True)
+            transport.stdinWriter.registerProducer(ClientReading(proto, reactor), True)
         self.log.info(
             "exec: {peer} ({user}) started {pid}: {command}",
             peer=proto.peer,

@@ -1,0 +1,427 @@
+"""exec over real loopback: an in-process server and the bundled client's
+FramedClient, real commands, real process groups."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from netproto.client.framed import FramedClient, ServerError, connectFramed
+from netproto.exec.server import ExecFactory, makeFactory
+from netproto.framing import decodeJSON
+from tests.support import eventually, makeContext, token, waitDeferred
+
+MiB = 1 << 20
+PY = sys.executable
+
+
+@dataclass
+class Server:
+    factory: ExecFactory
+    port: int
+    token: str
+
+    async def connect(self) -> FramedClient:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        return await connectFramed(endpoint, "exec", {"token": self.token})
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[Server]:
+    """An exec server on a loopback port; on the way out every command is gone."""
+    opts: dict[str, Any] = {"exec-cwd": str(tmp_path), "exec-kill-grace": 0.5}
+    opts.update(options)
+    context = makeContext(tmp_path, options=opts)
+    factory = makeFactory(context)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        yield Server(factory, port.getHost().port, token(context))
+    finally:
+        await port.stopListening()
+        await waitDeferred(factory.endAll(), 15)
+
+
+@dataclass
+class Result:
+    pid: int
+    out: bytes = b""
+    err: bytes = b""
+    exit: dict[str, Any] = field(default_factory=dict)
+    kinds: list[bytes] = field(default_factory=list)
+
+
+async def started(client: FramedClient, request: dict[str, Any]) -> int:
+    """Send R and wait for its K; the command's pid."""
+    client.sendJSON(b"R", request)
+    k = await waitDeferred(Deferred.fromCoroutine(client.receiveJSON(b"K")))
+    pid: int = k["pid"]
+    return pid
+
+
+async def finish(client: FramedClient, pid: int, timeout: float = 20) -> Result:
+    """Collect output frames up to X."""
+    result = Result(pid)
+    out, err = bytearray(), bytearray()
+    while True:
+        kind, payload = await waitDeferred(client.receive(), timeout)
+        result.kinds.append(kind)
+        if kind == b"1":
+            out += payload
+        elif kind == b"2":
+            err += payload
+        elif kind == b"X":
+            result.exit = decodeJSON(payload)
+            break
+        else:
+            raise AssertionError(f"unexpected frame {kind!r}")
+    result.out, result.err = bytes(out), bytes(err)
+    return result
+
+
+async def run(client: FramedClient, request: dict[str, Any], stdin: bytes | None = None) -> Result:
+    if stdin is not None:
+        request = {**request, "stdin": True}
+    pid = await started(client, request)
+    if stdin is not None:
+        chunk = client.maxFrame - 1
+        for i in range(0, len(stdin), chunk):
+            client.send(b"0", stdin[i : i + chunk])
+        client.send(b"C")
+    return await finish(client, pid)
+
+
+def groupGone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a Twisted FileDescriptor transport holds, not yet written."""
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+
+
+# -- commands, output, exit --------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_argv_and_shell_commands_run_and_the_connection_serves_on(tmp_path: Path) -> None:
+    """An argv command and a shell command run one after the other on one
+    connection: K, their output, X with the code."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        first = await run(client, {"argv": ["echo", "hello", "world"]})
+        assert first.kinds[-1] == b"X" and first.out == b"hello world\n"
+        assert first.exit == {"code": 0, "signal": None, "timed_out": False}
+        second = await run(client, {"shell": "echo $((6*7)) | tr 4 X; pwd"})
+        assert second.out == f"X2\n{tmp_path}\n".encode()
+        assert second.pid != first.pid
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdout_and_stderr_arrive_apart_with_every_byte_value(tmp_path: Path) -> None:
+    """A command writing binary (bytes 0-255) alternately to stdout and stderr:
+    each stream arrives on its own frames, byte for byte."""
+    script = (
+        "import os\n"
+        "a = bytes(range(256)) * 64\n"
+        "b = bytes(reversed(range(256))) * 64\n"
+        "for _ in range(100):\n"
+        "    os.write(1, a); os.write(2, b)\n"
+    )
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"argv": [PY, "-c", script]})
+        assert result.exit["code"] == 0, result.err[-500:]
+        assert result.out == bytes(range(256)) * 64 * 100
+        assert result.err == bytes(reversed(range(256))) * 64 * 100
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_exit_codes_and_signals_are_reported(tmp_path: Path) -> None:
+    """X carries the exit code, or the name of the signal that ended the command."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        assert (await run(client, {"shell": "exit 42"})).exit["code"] == 42
+        killed = await run(client, {"shell": "kill -KILL $$"})
+        assert killed.exit == {"code": None, "signal": "KILL", "timed_out": False}
+        hup = await run(client, {"argv": ["sh", "-c", "kill -HUP $$"]})
+        assert hup.exit["signal"] == "HUP"
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdin_round_trips_through_cat(tmp_path: Path) -> None:
+    """Binary stdin sent as 0 frames, closed with C, comes back through cat intact."""
+    data = os.urandom(3 * MiB + 17)
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"argv": ["cat"]}, stdin=data)
+        assert result.out == data
+        assert result.exit["code"] == 0
+        client.close()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_stdin_of_50_MiB_is_counted_by_wc(tmp_path: Path) -> None:
+    """50 MiB of stdin reaches the command whole: wc -c counts every byte."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"argv": ["wc", "-c"]}, stdin=b"\x5a" * (50 * MiB))
+        assert result.out.strip() == str(50 * MiB).encode()
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_without_stdin_sees_end_of_file(tmp_path: Path) -> None:
+    """Without "stdin": true the command's stdin is at its end at once."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"argv": ["wc", "-c"]})
+        assert result.out.strip() == b"0"
+        client.close()
+
+
+# -- signals, timeouts, ending the tree ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_S_INT_interrupts_a_running_sleep(tmp_path: Path) -> None:
+    """S INT reaches a running command (its whole process group) and X names INT."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        pid = await started(client, {"argv": ["sleep", "60"]})
+        client.sendJSON(b"S", {"signal": "INT"})
+        result = await finish(client, pid, timeout=10)
+        assert result.exit == {"code": None, "signal": "INT", "timed_out": False}
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_ends_the_command(tmp_path: Path) -> None:
+    """Past its timeout the command gets SIGTERM and X says timed_out."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"argv": ["sleep", "60"], "timeout": 0.2})
+        assert result.exit == {"code": None, "signal": "TERM", "timed_out": True}
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_ignoring_TERM_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    """TERM first; a group that ignores it gets KILL once --exec-kill-grace passes."""
+    async with serving(tmp_path, **{"exec-timeout": 0.2, "exec-kill-grace": 0.3}) as server:
+        client = await server.connect()
+        result = await run(client, {"shell": "trap '' TERM; sleep 60"})
+        assert result.exit == {"code": None, "signal": "KILL", "timed_out": True}
+        assert groupGone(result.pid)
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_children_end_with_their_command(tmp_path: Path) -> None:
+    """A command that leaves a background child behind (its output elsewhere):
+    X comes when the command ends, and the child is ended and reaped after it."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"shell": "sleep 60 >/dev/null 2>&1 & echo $!"})
+        child = int(result.out)
+        assert result.exit["code"] == 0
+        await eventually(lambda: not psutil.pid_exists(child), timeout=10)
+        await eventually(lambda: not server.factory.commands, timeout=10)
+        assert groupGone(result.pid)
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_ends_the_whole_process_group(tmp_path: Path) -> None:
+    """The client going away mid-command ends every process of the command's group."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        pid = await started(client, {"shell": "sleep 60 & (sleep 60 &); echo up; wait"})
+        kind, payload = await waitDeferred(client.receive())
+        assert (kind, payload) == (b"1", b"up\n")
+        members = [p for p in psutil.process_iter() if _sid(p.pid) == pid]
+        assert len(members) >= 3
+        assert client.transport is not None
+        client.transport.abortConnection()
+        await eventually(lambda: groupGone(pid), timeout=10)
+        await eventually(lambda: not server.factory.commands, timeout=10)
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_S_KILL_ends_a_command_whose_output_is_held_outside_its_group(
+    tmp_path: Path,
+) -> None:
+    """What a command that escapes its group can do: a child that calls setsid
+    survives the command's end. S KILL still ends the command (X comes) although
+    that child keeps the output pipe open."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        pid = await started(client, {"shell": "setsid sleep 60 & echo $!; wait"})
+        kind, payload = await waitDeferred(client.receive())
+        escaped = int(payload)
+        try:
+            await eventually(lambda: _sid(escaped) == escaped)
+            client.sendJSON(b"S", {"signal": "KILL"})
+            result = await finish(client, pid, timeout=10)
+            assert result.exit["signal"] == "KILL"
+            assert psutil.pid_exists(escaped)
+        finally:
+            os.kill(escaped, signal.SIGKILL)
+            await eventually(lambda: _reaped(escaped), timeout=10)
+        client.close()
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it is our (subreaper's) zombie; whether it is gone."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return not psutil.pid_exists(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_stop_waits_until_every_command_is_gone(tmp_path: Path) -> None:
+    """endAll (what shutdown waits for) fires only once every group is gone and reaped."""
+    async with serving(tmp_path, **{"exec-kill-grace": 0.3}) as server:
+        client = await server.connect()
+        pid = await started(client, {"shell": "trap '' TERM; sleep 60 & echo ready; sleep 60"})
+        assert await waitDeferred(client.receive()) == (b"1", b"ready\n")
+        await waitDeferred(server.factory.endAll(), 10)
+        assert groupGone(pid)
+        assert not server.factory.commands
+        result = await finish(client, pid)
+        assert result.exit["signal"] == "KILL"
+        client.close()
+
+
+# -- refusals and limits -----------------------------------------------------------
+
+
+async def refused(client: FramedClient, request: dict[str, Any]) -> str:
+    client.sendJSON(b"R", request)
+    with pytest.raises(ServerError) as info:
+        await waitDeferred(client.receive())
+    return info.value.code
+
+
+@pytest_twisted.ensureDeferred
+async def test_busy_not_found_not_allowed_leave_the_connection_usable(tmp_path: Path) -> None:
+    """E busy for an R while one runs, E not-found for no such program, E
+    not-allowed for the policy; each time the connection runs the next command."""
+    async with serving(tmp_path, **{"exec-allow": "echo,sleep"}) as server:
+        client = await server.connect()
+        pid = await started(client, {"argv": ["sleep", "60"]})
+        assert await refused(client, {"argv": ["echo"]}) == "busy"
+        client.sendJSON(b"S", {"signal": "TERM"})
+        assert (await finish(client, pid)).exit["signal"] == "TERM"
+        assert await refused(client, {"argv": ["no-such-program-here"]}) == "not-found"
+        assert await refused(client, {"argv": ["cat"]}) == "not-allowed"
+        assert await refused(client, {"shell": "echo hi"}) == "not-allowed"
+        assert (await run(client, {"argv": ["echo", "still", "here"]})).out == b"still here\n"
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_limits_per_user_and_in_total(tmp_path: Path) -> None:
+    """Past --exec-max-procs-per-user (and --exec-max-procs) an R gets E busy;
+    once a command is gone its slot is free again."""
+    async with serving(tmp_path, **{"exec-max-procs-per-user": 1}) as server:
+        one, two = await server.connect(), await server.connect()
+        pid = await started(one, {"argv": ["sleep", "60"]})
+        assert await refused(two, {"argv": ["true"]}) == "busy"
+        one.sendJSON(b"S", {"signal": "KILL"})
+        await finish(one, pid)
+        await eventually(lambda: not server.factory.commands)
+        assert (await run(two, {"argv": ["true"]})).exit["code"] == 0
+        one.close()
+        two.close()
+    async with serving(tmp_path, **{"exec-max-procs": 1}) as server:
+        one, two = await server.connect(), await server.connect()
+        pid = await started(one, {"argv": ["sleep", "60"]})
+        assert await refused(two, {"argv": ["true"]}) == "busy"
+        one.close()
+        two.close()
+
+
+# -- backpressure ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_stops_the_command(tmp_path: Path) -> None:
+    """Output backpressure: while the client reads nothing, the server holds at
+    most about one send buffer and the command blocks on its pipe; nothing is
+    lost once the client reads again."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        total = 1 << 30
+        pid = await started(client, {"argv": ["head", "-c", str(total), "/dev/zero"]})
+        head = psutil.Process(pid)
+        written: list[int] = []
+
+        def stalled() -> bool:
+            written.append(head.io_counters().write_chars)
+            return len(written) > 5 and written[-1] == written[-6]
+
+        await eventually(stalled, timeout=20, interval=0.05)
+        (conn,) = [c for c in _connections(server.factory)]
+        assert buffered(conn.transport) <= 2 * server.factory.maxFrame
+        assert written[-1] < 256 * MiB  # the client's queue, socket and pipe buffers
+        result = await finish(client, pid, timeout=60)
+        assert len(result.out) == total and result.exit["code"] == 0
+        client.close()
+
+
+def _connections(factory: ExecFactory) -> list[Any]:
+    return [t.proto.sink for t in factory.commands.values()]  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_that_does_not_read_stdin_stops_reading_the_client(
+    tmp_path: Path,
+) -> None:
+    """Stdin backpressure: when the command's stdin pipe is full the server stops
+    reading the client, so its buffer stays bounded whatever the client sends."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        await started(client, {"argv": ["sleep", "60"], "stdin": True})
+        chunk = b"\0" * (client.maxFrame - 1)
+        for _ in range(80):  # 20 MiB
+            client.send(b"0", chunk)
+        (transport,) = server.factory.commands.values()
+        writer = transport.stdinWriter
+        assert writer is not None
+        await eventually(lambda: writer.producerPaused, timeout=10)
+        assert client.transport is not None
+        await eventually(lambda: buffered(client.transport) > 10 * MiB, timeout=10)
+        assert buffered(writer) <= writer.bufferSize + server.factory.maxFrame + 65536
+        client.transport.abortConnection()
+        await eventually(lambda: not server.factory.commands, timeout=10)
