@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import ITCPTransport
 
 from netproto.client.framed import FramedClient, ServerError, connectFramed
 from netproto.exec.server import ExecFactory, makeFactory
@@ -48,9 +50,11 @@ async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[Server]:
     factory = makeFactory(context)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
-        yield Server(factory, port.getHost().port, token(context))
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        yield Server(factory, address.port, token(context))
     finally:
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
         await waitDeferred(factory.endAll(), 15)
 
 
@@ -262,7 +266,7 @@ async def test_disconnect_ends_the_whole_process_group(tmp_path: Path) -> None:
         members = [p for p in psutil.process_iter() if _sid(p.pid) == pid]
         assert len(members) >= 3
         assert client.transport is not None
-        client.transport.abortConnection()
+        ITCPTransport(client.transport).abortConnection()
         await eventually(lambda: groupGone(pid), timeout=10)
         await eventually(lambda: not server.factory.commands, timeout=10)
 
@@ -300,10 +304,8 @@ async def test_S_KILL_ends_a_command_whose_output_is_held_outside_its_group(
 
 def _reaped(pid: int) -> bool:
     """Reap ``pid`` if it is our (subreaper's) zombie; whether it is gone."""
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     return not psutil.pid_exists(pid)
 
 
@@ -392,7 +394,7 @@ async def test_a_client_that_stops_reading_stops_the_command(tmp_path: Path) -> 
             return len(written) > 5 and written[-1] == written[-6]
 
         await eventually(stalled, timeout=20, interval=0.05)
-        (conn,) = [c for c in _connections(server.factory)]
+        (conn,) = list(_connections(server.factory))
         assert buffered(conn.transport) <= 2 * server.factory.maxFrame
         assert written[-1] < 256 * MiB  # the client's queue, socket and pipe buffers
         result = await finish(client, pid, timeout=60)
@@ -423,5 +425,5 @@ async def test_a_command_that_does_not_read_stdin_stops_reading_the_client(
         assert client.transport is not None
         await eventually(lambda: buffered(client.transport) > 10 * MiB, timeout=10)
         assert buffered(writer) <= writer.bufferSize + server.factory.maxFrame + 65536
-        client.transport.abortConnection()
+        ITCPTransport(client.transport).abortConnection()
         await eventually(lambda: not server.factory.commands, timeout=10)
