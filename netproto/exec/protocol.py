@@ -17,7 +17,8 @@ from __future__ import annotations
 import select
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -99,7 +100,7 @@ class ClientReading:
             self.proto.log.info(
                 "exec: {peer} went away while its command's stdin was full", peer=self.proto.peer
             )
-            ITCPTransport(transport).abortConnection()
+            getattr(transport, "abortConnection", transport.loseConnection)()
             return
         self._check = self.clock.callLater(HANGUP_CHECK, self._checkPeer)
 
@@ -115,6 +116,20 @@ class ExecProtocol(FramedProtocol):
         self.command: CommandProtocol | None = None
         #: Whether the running command still takes ``0`` frames.
         self.stdinOpen = False
+        self._closedWaiters: list[Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.add(self)
+
+    def whenClosed(self) -> Deferred[None]:
+        """Fires once this connection is closed."""
+        d: Deferred[None] = Deferred()
+        if self.state is State.CLOSED and self.transport is None:
+            d.callback(None)
+        else:
+            self._closedWaiters.append(d)
+        return d
 
     # -- frames ----------------------------------------------------------------
 
@@ -198,3 +213,7 @@ class ExecProtocol(FramedProtocol):
             )
             command.stopProducing()
         super().connectionLost(reason)
+        self.factory.connections.discard(self)
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(None)

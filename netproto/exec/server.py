@@ -74,6 +74,8 @@ class ExecFactory(FramedFactory):
         self.subreaper = subreaper
         #: Every command whose group is not yet gone, by pid.
         self.commands: dict[int, CommandTransport] = {}
+        #: Every open connection (to close them gracefully on shutdown).
+        self.connections: set[ExecProtocol] = set()
         self.perUser: Counter[str] = Counter()
         self.closing = False
         self._devnull: int | None = None
@@ -107,6 +109,9 @@ class ExecFactory(FramedFactory):
         return d.addCallback(lambda _: None)
 
     def _beforeShutdown(self) -> Deferred[None]:
+        """While commands run, the reactor's shutdown waits for this: every
+        command ended and reaped, then every connection closed once its last
+        frames (the commands' X) are written, or aborted after the grace period."""
         self._triggerFired = True
         self._trigger = None
         self.closing = True
@@ -114,7 +119,32 @@ class ExecFactory(FramedFactory):
             self.log.info(
                 "exec: shutting down: ending {count} command(s)", count=len(self.commands)
             )
-        return self.endAll()
+        d = self.endAll()
+        d.addCallback(lambda _: self._closeConnections())
+        return d
+
+    def _closeConnections(self) -> Deferred[None]:
+        connections = list(self.connections)
+        waits = [proto.whenClosed() for proto in connections]
+        for proto in connections:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        reactor = self.context.reactor
+
+        def abortTheRest() -> None:
+            for proto in connections:
+                abort = getattr(proto.transport, "abortConnection", None)
+                if abort is not None:
+                    abort()
+
+        timer = reactor.callLater(self.policy.killGrace, abortTheRest)
+        done: Deferred[Any] = DeferredList(waits)
+
+        def closed(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return done.addCallback(closed)
 
     # -- commands ----------------------------------------------------------------
 
