@@ -41,7 +41,6 @@ class Harness:
             t.clear()
         return proto, transport
 
-
     def lines(self, transport: StringTransport) -> list[bytes]:
         """What was written since the last call, once this turn's broadcasts went out,
         split into lines (each must end with CRLF)."""
@@ -126,7 +125,7 @@ def test_over_long_line_gets_an_error_and_the_connection_stays_usable() -> None:
 
 
 def test_flood_control_drops_excess_lines_with_one_slow_down() -> None:
-    """A burst of 40 passes; the rest of it is dropped with a single ``! slow down``; the rate refills."""
+    """A burst of 40 passes; the rest is dropped with one ``! slow down``; the rate refills."""
     h = Harness(rate=20, burst=40)
     a, ta = h.connect()
     b, tb = h.connect()
@@ -219,7 +218,7 @@ def test_no_idle_sweep_when_the_timeout_is_off() -> None:
 
 
 def test_connection_caps_refuse_with_server_full() -> None:
-    """Past the per-address or total cap a client gets ``! server full`` and is closed; leaving frees a slot."""
+    """Past the per-address or total cap: ``! server full`` and a close; leaving frees a slot."""
     h = Harness(maxPerAddress=2, maxClients=3)
     a, _ = h.connect("127.0.0.2")
     h.connect("127.0.0.2")
@@ -257,5 +256,5 @@ def test_plugin_options_reject_bad_values(value: str) -> None:
     from netproto.chat.plugin import service
 
     for option in service.optParameters:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=value):
             option[4](value)

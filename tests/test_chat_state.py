@@ -53,7 +53,7 @@ def connected(server: ChatServer, n: int) -> list[Fake]:
 
 
 def test_fake_participant_provides_the_interface() -> None:
-    """The test double is a faithful IParticipant (so these tests mean something for the protocol)."""
+    """The test double is a faithful IParticipant, so these tests hold for the protocol too."""
     assert verifyObject(IParticipant, Fake())
 
 
@@ -137,7 +137,7 @@ def test_action_goes_to_the_others_in_the_room() -> None:
 
 
 def test_private_message_reaches_only_its_target_in_any_room() -> None:
-    """``/msg NICK TEXT`` gives ``*SENDER* TEXT`` to NICK alone, wherever NICK is; nick case is ignored."""
+    """``/msg NICK TEXT`` gives ``*SENDER* TEXT`` to NICK alone, in any room, any case."""
     server = ChatServer()
     a, b, c = connected(server, 3)
     interpret(server, c, "/join dev")
@@ -165,15 +165,21 @@ def test_private_message_reaches_only_its_target_in_any_room() -> None:
         ("/join", "! usage: /join ROOM"),
         ("/join #lobby", "! you are already in #lobby"),
         ("/join LOBBY", "! you are already in #lobby"),
-        ("/join #a b", "! invalid room name: #a b (1-32 letters, digits, _ or -, after an optional #)"),
-        ("/join ##x", "! invalid room name: ##x (1-32 letters, digits, _ or -, after an optional #)"),
+        (
+            "/join #a b",
+            "! invalid room name: #a b (1-32 letters, digits, _ or -, after an optional #)",
+        ),
+        (
+            "/join ##x",
+            "! invalid room name: ##x (1-32 letters, digits, _ or -, after an optional #)",
+        ),
         ("/me", "! usage: /me TEXT"),
         ("/frobnicate now", "! unknown command: /frobnicate (try /help)"),
         ("/", "! unknown command: / (try /help)"),
     ],
 )
 def test_every_mistake_gets_an_error_line_and_changes_nothing(line: str, error: str) -> None:
-    """Each error case answers the sender alone with one ``! TEXT`` line; nobody else hears a thing."""
+    """Each error answers the sender alone with one ``! TEXT`` line; nobody else hears a thing."""
     server = ChatServer()
     a, b = connected(server, 2)
     interpret(server, a, line)
@@ -185,7 +191,7 @@ def test_every_mistake_gets_an_error_line_and_changes_nothing(line: str, error: 
 
 
 def test_nick_change_reaches_the_room_including_the_changer() -> None:
-    """``*** OLD is now known as NEW`` goes to everyone in the room, the changer included, and no further."""
+    """``*** OLD is now known as NEW`` reaches the room, the changer included, and no further."""
     server = ChatServer()
     a, b, c = connected(server, 3)
     interpret(server, c, "/join dev")
@@ -210,7 +216,7 @@ def test_a_nick_may_change_case_and_frees_the_old_name() -> None:
 
 
 def test_join_and_part_notices_reach_the_right_rooms() -> None:
-    """Moving rooms: the old room hears ``has left``, the new one ``has joined``; the mover sees both."""
+    """Moving: the old room hears ``has left``, the new one ``has joined``; the mover sees both."""
     server = ChatServer()
     a, b, c = connected(server, 3)
     interpret(server, c, "/join dev")
@@ -223,7 +229,7 @@ def test_join_and_part_notices_reach_the_right_rooms() -> None:
 
 
 def test_rooms_are_created_on_demand_shown_with_a_hash_and_dropped_when_empty() -> None:
-    """``/join x`` and ``/join #x`` are the same room, shown as ``#x``; an emptied room disappears."""
+    """``/join x`` and ``/join #x`` are one room, shown as ``#x``; an emptied room disappears."""
     server = ChatServer()
     a, b = connected(server, 2)
     interpret(server, a, "/join Café")
@@ -266,12 +272,18 @@ def test_who_lists_the_room_in_join_order_and_rooms_lists_counts() -> None:
     assert a.take() == ["*** 2 in #lobby: guest1, guest3"]
     interpret(server, a, "/rooms")
     assert a.take() == ["*** 2 rooms: #lobby (2), #zoo (1)"]
-    assert c.take() == [] and b.take() == ["*** guest2 has left #lobby", "*** guest2 has joined #zoo"]
+    assert c.take() == [] and b.take() == [
+        "*** guest2 has left #lobby",
+        "*** guest2 has joined #zoo",
+    ]
 
 
 def test_long_lists_are_split_into_several_lines() -> None:
     """A room of hundreds is listed over several bounded lines, every nick present once."""
-    lines = [ln.decode().removesuffix("\r\n") for ln in listLines("300 in #big", (f"user{i}" for i in range(300)))]
+    lines = [
+        ln.decode().removesuffix("\r\n")
+        for ln in listLines("300 in #big", (f"user{i}" for i in range(300)))
+    ]
     assert len(lines) > 1
     assert all(len(ln) < LIST_LINE + 40 for ln in lines)
     assert lines[0].startswith("*** 300 in #big: user0, user1")
@@ -292,7 +304,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_history_is_replayed_to_joiners_marked_as_history() -> None:
-    """A joiner first gets the room's last messages as ``*** history: ...`` notices, oldest first."""
+    """A joiner first gets the room's last messages as ``*** history: ...``, oldest first."""
     server = ChatServer(historyLength=2)
     a, b = connected(server, 2)
     interpret(server, a, "/join dev")
@@ -461,8 +473,12 @@ def test_a_member_leaving_mid_turn_gets_nothing_more_and_a_mover_gets_what_it_wa
     interpret(server, c, "/join dev")
     turn.end()
     assert b.take() == []
-    assert c.take() == ["<guest1> hello", "*** guest2 has quit (gone)", "*** guest3 has left #lobby",
-                        "*** guest3 has joined #dev"]
+    assert c.take() == [
+        "<guest1> hello",
+        "*** guest2 has quit (gone)",
+        "*** guest3 has left #lobby",
+        "*** guest3 has joined #dev",
+    ]
     assert a.take() == ["*** guest2 has quit (gone)", "*** guest3 has left #lobby"]
 
 

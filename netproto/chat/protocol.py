@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -63,17 +62,17 @@ class ChatProtocol(LineReceiver):
     delimiter = b"\n"
 
     __slots__ = (
-        "nick",
-        "room",
-        "address",
-        "_tat",
-        "lastActive",
         "_backlog",
-        "_telnet",
         "_discarding",
         "_pending",
-        "_throttled",
         "_reason",
+        "_tat",
+        "_telnet",
+        "_throttled",
+        "address",
+        "lastActive",
+        "nick",
+        "room",
     )
 
     def __init__(self, chatFactory: ChatFactory, address: str | None) -> None:
@@ -153,7 +152,9 @@ class ChatProtocol(LineReceiver):
 
     def _tooLong(self) -> None:
         factory = self.factory
-        factory.server.send(self, errorLine(f"line too long (limit {factory.config.maxLine} bytes)"))
+        factory.server.send(
+            self, errorLine(f"line too long (limit {factory.config.maxLine} bytes)")
+        )
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
@@ -169,8 +170,7 @@ class ChatProtocol(LineReceiver):
         interval = factory.lineInterval
         if interval:
             due = self._tat
-            if due < now:
-                due = now
+            due = max(due, now)
             if due - now > factory.burstTolerance:
                 if not self._throttled:
                     self._throttled = True
@@ -214,7 +214,9 @@ class ChatProtocol(LineReceiver):
     def timedOut(self) -> None:
         """The idle timeout passed: say so, tell the room, close."""
         factory = self.factory
-        factory.server.send(self, errorLine(f"idle for {factory.config.idleTimeout:g} s; disconnecting"))
+        factory.server.send(
+            self, errorLine(f"idle for {factory.config.idleTimeout:g} s; disconnecting")
+        )
         self._reason = "idle timeout"
         factory.server.quit(self, self._reason)
 

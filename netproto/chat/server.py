@@ -75,9 +75,9 @@ class ChatFactory(ServerFactory):
         key = addressKey(addr)
         if config.maxClients and self.clients >= config.maxClients:
             return self._refuse(addr, f"{self.clients} clients (--chat-max-clients)")
-        if key is not None and config.maxPerAddress:
-            if self.perAddress.get(key, 0) >= config.maxPerAddress:
-                return self._refuse(addr, f"{config.maxPerAddress} clients from {key}")
+        perAddress = config.maxPerAddress
+        if key is not None and perAddress and self.perAddress.get(key, 0) >= perAddress:
+            return self._refuse(addr, f"{perAddress} clients from {key}")
         self.clients += 1
         if key is not None:
             self.perAddress[key] = self.perAddress.get(key, 0) + 1
@@ -125,6 +125,6 @@ class ChatFactory(ServerFactory):
 
 
 def makeFactory(context: ServerContext) -> ChatFactory:
-    """The chat service's factory, configured from ``--chat-*`` (see :mod:`netproto.chat.plugin`)."""
+    """The chat service's factory, set up from the ``--chat-*`` options (:mod:`.plugin`)."""
     config = ChatConfig.fromOptions(context.options)
     return ChatFactory(config, context.reactor)

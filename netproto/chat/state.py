@@ -104,7 +104,7 @@ def normalizeName(name: str) -> str | None:
     if not 1 <= len(name) <= MAX_NAME:
         return None
     for ch in name:
-        if not (ch.isalpha() or ch.isdecimal() or ch == "_" or ch == "-"):
+        if not (ch.isalpha() or ch.isdecimal() or ch in "_-"):
             return None
     return name
 
@@ -149,13 +149,13 @@ class ChatRoom:
     """
 
     __slots__ = (
-        "name",
-        "members",
-        "history",
         "_busy",
         "_callSoon",
-        "_outbox",
         "_newcomers",
+        "_outbox",
+        "history",
+        "members",
+        "name",
     )
 
     def __init__(
@@ -279,7 +279,9 @@ class ChatServer:
         room.broadcast(notice(f"{nick} has joined {room.label}"), exclude=participant)
         self.send(
             participant,
-            notice(f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands."),
+            notice(
+                f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands."
+            ),
         )
         self._replay(room, participant)
 
@@ -352,7 +354,7 @@ class ChatServer:
     # -- nicks and rooms -----------------------------------------------------------
 
     def rename(self, participant: IParticipant, name: str) -> None:
-        """``/nick NAME``; the room (the participant included) sees ``*** OLD is now known as NEW``."""
+        """``/nick NAME``: the room, renamer included, sees ``*** OLD is now known as NEW``."""
         new = normalizeName(name)
         if new is None:
             raise ChatError(

@@ -41,7 +41,7 @@ class TelnetFilter:
     State carries across calls, so a sequence split between two reads is still removed.
     """
 
-    __slots__ = ("_state", "_verb", "_subLength")
+    __slots__ = ("_state", "_subLength", "_verb")
 
     def __init__(self) -> None:
         self._state = _DATA
