@@ -105,7 +105,7 @@ def test_killing_the_client_mid_command_leaves_no_process_and_no_zombie(server: 
             cli.kill()
     waitUntil(lambda: not session(sid), timeout=15)
     assert not zombieChildren(server.twistd.proc.pid)
-    server.twistd.waitLog(rf"command {sid} .* ended")
+    server.twistd.waitLog(rf"command {sid} .* ended by the server")
 
 
 def test_server_shutdown_ends_commands_and_waits_for_them(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_server_shutdown_ends_commands_and_waits_for_them(tmp_path: Path) -> Non
         conn.close()
     assert not session(sid)
     log = twistd.log
-    assert log.index(f"command {sid} ") < log.index("Main loop terminated")
+    assert log.index(f"command {sid} of") < log.index("Main loop terminated")
     assert "Traceback" not in log
 
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[Server]:
     opts.update(options)
     context = makeContext(tmp_path, options=opts)
     factory = makeFactory(context)
+    factory.strayReapInterval = 0.05
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         address = port.getHost()
@@ -298,15 +299,9 @@ async def test_S_KILL_ends_a_command_whose_output_is_held_outside_its_group(
             assert psutil.pid_exists(escaped)
         finally:
             os.kill(escaped, signal.SIGKILL)
-            await eventually(lambda: _reaped(escaped), timeout=10)
+        # Orphaned to the server (its subreaper), it is reaped once it exits.
+        await eventually(lambda: not psutil.pid_exists(escaped), timeout=10)
         client.close()
-
-
-def _reaped(pid: int) -> bool:
-    """Reap ``pid`` if it is our (subreaper's) zombie; whether it is gone."""
-    with suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return not psutil.pid_exists(pid)
 
 
 @pytest_twisted.ensureDeferred

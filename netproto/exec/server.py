@@ -21,7 +21,9 @@ import os
 from collections import Counter
 from typing import Any, Final
 
+from twisted.internet import process as twistedProcess
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from netproto.errors import ErrorCode, ProtocolError
@@ -60,6 +62,9 @@ class ExecFactory(FramedFactory):
 
     protocol = ExecProtocol
     log = Logger()
+    #: Seconds between looks for exited processes that had left their command's
+    #: group (see :func:`netproto.exec.spawn.reapStrays`).
+    strayReapInterval: float = 10.0
 
     def __init__(
         self,
@@ -80,6 +85,7 @@ class ExecFactory(FramedFactory):
         self.closing = False
         self._devnull: int | None = None
         self._trigger: Any = None
+        self._strayReaper: LoopingCall | None = None
         self._triggerFired = False
 
     # -- factory life --------------------------------------------------------------
@@ -90,14 +96,27 @@ class ExecFactory(FramedFactory):
             self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         if self.subreaper and _spawn.becomeSubreaper():
             self.log.debug("exec: this server reaps its commands' orphaned children")
+            if self._strayReaper is None:
+                self._strayReaper = LoopingCall(self._reapStrays)
+                self._strayReaper.clock = self.context.reactor
+                self._strayReaper.start(self.strayReapInterval, now=False)
 
     def stopFactory(self) -> None:
         """No new commands; end the running ones (shutdown waits for them, see the module)."""
         self.closing = True
         self.endAll()
+        if self._strayReaper is not None and self._strayReaper.running:
+            self._strayReaper.stop()
+        self._strayReaper = None
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
+
+    def _reapStrays(self) -> None:
+        """Reap processes that left a command's group, were orphaned to us and exited."""
+        keep = set(self.commands) | set(getattr(twistedProcess, "reapProcessHandlers", {}))
+        for pid in _spawn.reapStrays(keep):
+            self.log.info("exec: reaped {pid}, a process that had left its command", pid=pid)
 
     def endAll(self) -> Deferred[None]:
         """End every command's process group; fires once all are gone and reaped."""
@@ -212,14 +231,19 @@ class ExecFactory(FramedFactory):
             del self.perUser[user]
         proto = transport.proto
         fields = proto.exitFields if isinstance(proto, CommandProtocol) else None
-        self.log.info(
-            "exec: command {pid} of {peer} ({user}) ended: {how} after {seconds:.3f} s",
-            pid=transport.pid,
-            peer=peer,
-            user=user,
-            how=fields if fields is not None else "not reported",
-            seconds=self.context.reactor.seconds() - started,
-        )
+        # One line per command is logged when it starts (who ran what). Its end
+        # is logged only when the server had to end (some of) it: a second line
+        # per command would cost a tenth of a short command's round trip.
+        if transport.terminating:
+            self.log.info(
+                "exec: command {pid} of {peer} ({user}) ended by the server: {how} "
+                "after {seconds:.3f} s",
+                pid=transport.pid,
+                peer=peer,
+                user=user,
+                how=fields if fields is not None else "not reported",
+                seconds=self.context.reactor.seconds() - started,
+            )
         if not self.commands and self._trigger is not None and not self._triggerFired:
             self.context.reactor.removeSystemEventTrigger(self._trigger)
             self._trigger = None

@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -185,6 +185,47 @@ def reapGroup(pgid: int) -> int:
         if info is None:
             return reaped
         reaped += 1
+
+
+def reapStrays(keep: Container[int]) -> list[int]:
+    """Reap zombie children of this process that nobody else waits for; their pids.
+
+    A subreaper inherits every orphan below it, also processes that left
+    their command's group (``setsid``) and so are no group's member when they
+    exit. ``keep`` names the children someone else reaps (commands not yet
+    reaped through their ``Popen``, Twisted's own processes). Linux only
+    (``/proc/self/task/*/children``); elsewhere nothing is done.
+    """
+    reaped: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return reaped
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in children:
+            if pid in keep or not _isZombie(pid):
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:
+                continue
+    return reaped
+
+
+def _isZombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # The state follows the command name, which is in parentheses and may hold any byte.
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
 @functools.cache
