@@ -206,4 +206,14 @@ def makeService(options: ServerOptions) -> IServiceCollection:
         )
     if not options.endpoints:
         log.warn("netproto: every service is disabled; nothing to serve")
+    reactor = options.context.reactor
+    # Once the loop turns, signal handlers are installed: SIGTERM now means a
+    # clean shutdown. Supervisors and tests wait for this line.
+    reactor.callWhenRunning(
+        reactor.callLater,
+        0,
+        log.info,
+        "netproto: ready ({count} endpoints)",
+        count=len(options.endpoints),
+    )
     return top

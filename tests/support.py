@@ -186,7 +186,9 @@ class Twistd:
                 self._cond.wait(min(left, 0.2))
 
     def waitListening(self, *services: str, timeout: float = 30.0) -> None:
+        """Wait until each service logged its address and the server logged that it is ready."""
         self.waitFor(lambda: all(s in self.addresses for s in services), timeout)
+        self.waitLog(r"netproto: ready", timeout)
 
     def waitLog(self, pattern: str, timeout: float = 30.0) -> str:
         found: list[str] = []
