@@ -378,7 +378,7 @@ def test_error_codes_are_the_contract() -> None:
 
 
 def test_read_size_grows_for_streaming_connections() -> None:
-    """Full 64 KiB reads make the transport read 4x more per call, up to 1 MiB; small reads don't."""
+    """Full 64 KiB reads make the transport read 4x more per call (to 1 MiB); small reads not."""
     from netproto.framing import MAX_READ_SIZE, growReadSize
 
     class FakeTCP:
