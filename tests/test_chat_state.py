@@ -489,3 +489,13 @@ def test_quit_delivers_the_notice_before_closing() -> None:
     a.close = lambda: closedAfter.append(list(b.lines))  # type: ignore[method-assign]
     interpret(server, a, "/quit bye")
     assert closedAfter == [["*** guest1 has quit (bye)"]]
+
+
+def test_a_quitter_first_gets_what_its_room_owed_it() -> None:
+    """Lines broadcast to the room before a ``/quit`` in the same turn still reach the quitter."""
+    server, turn, (a, b) = coalescing(2)
+    interpret(server, b, "before you go")
+    interpret(server, a, "/nick leaver")
+    interpret(server, a, "/quit")
+    assert a.take() == ["<guest2> before you go", "*** guest1 is now known as leaver"]
+    assert b.take() == ["*** guest1 is now known as leaver", "*** leaver has quit (quit)"]

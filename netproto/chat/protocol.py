@@ -107,9 +107,12 @@ class ChatProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
         factory = self.factory
-        why = self._reason or (
-            "connection closed" if reason.check(ConnectionDone) else "connection lost"
-        )
+        if self._reason is not None:
+            why = self._reason
+        elif self.room is None:
+            why = "quit"  # the chat state removed it already: /quit
+        else:
+            why = "connection closed" if reason.check(ConnectionDone) else "connection lost"
         factory.log.info(
             "chat: {peer} ({nick}) disconnected: {why}",
             peer=describePeer(self.transport),

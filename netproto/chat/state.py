@@ -300,6 +300,8 @@ class ChatServer:
     def quit(self, participant: IParticipant, reason: str) -> None:
         """``/quit``: the others hear of it first, then the participant is closed."""
         room = participant.room
+        if room is not None:
+            room.flush()  # what the room owes the quitter, before it goes
         self.disconnect(participant, reason)
         if room is not None:
             room.flush()
