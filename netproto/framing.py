@@ -23,8 +23,8 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from collections.abc import Callable, Container, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -62,6 +62,7 @@ DEFAULT_MAX_FRAME: Final = 256 * 1024 + 1
 MAX_READ_SIZE: Final = 1024 * 1024
 
 _TYPE_BYTES: Final = [bytes((i,)) for i in range(256)]
+_NO_TYPES: Final[frozenset[bytes]] = frozenset()
 
 
 class FrameTooLarge(Exception):
@@ -114,16 +115,22 @@ class FrameDecoder:
     out as payload once), however many reads a frame spans, where Twisted's
     ``IntNStringReceiver`` re-copies its whole buffer on every read.
 
+    :meth:`take` can instead pass bulk frames (an upload's data) through in
+    pieces as they arrive, as views of the received reads: no copy at all.
+
     :ivar maxFrame: the largest frame length (type byte included) accepted;
         it may be changed between frames, e.g. once the peer authenticates.
     """
 
-    __slots__ = ("_buf", "_pos", "maxFrame")
+    __slots__ = ("_buf", "_pos", "_streamKind", "_streamLeft", "maxFrame")
 
     def __init__(self, maxFrame: int) -> None:
         self.maxFrame = maxFrame
         self._buf: bytes | bytearray = b""
         self._pos = 0
+        #: payload bytes still to come of the frame :meth:`take` is streaming
+        self._streamLeft = 0
+        self._streamKind = b""
 
     def __len__(self) -> int:
         """Bytes received and not yet returned as frames."""
@@ -159,6 +166,8 @@ class FrameDecoder:
             it is raised as soon as the four length bytes are in.
         :raises EmptyFrame: when the next length is 0.
         """
+        if self._streamLeft:
+            raise RuntimeError("next() in the middle of a frame that take() streams")
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         if avail < 4:
@@ -182,6 +191,63 @@ class FrameDecoder:
         else:
             self._pos = end
         return kind, payload
+
+    def take(self, streamed: Container[bytes]) -> tuple[bytes, bytes | memoryview] | None:
+        """Like :meth:`next`, but a frame whose type is in ``streamed`` comes
+        out in pieces, as soon as its header and some of its payload are in.
+
+        A streamed frame gives one ``(type, piece)`` per call for each run of
+        its payload received so far, in order (an empty frame gives one empty
+        piece), so its bytes are never buffered here. A piece is a read-only
+        ``memoryview`` of the bytes object the transport read, so holding it
+        keeps that read alive; the caller accounts for what it holds. (Only a
+        piece of a frame that was being accumulated from short reads is a
+        copy.) The length limit is checked as for :meth:`next`.
+        """
+        left = self._streamLeft
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if left:
+            if avail == 0:
+                return None
+            n = min(avail, left)
+            self._streamLeft = left - n
+            return self._streamKind, self._piece(buf, pos, pos + n)
+        if avail < 5 or _TYPE_BYTES[buf[pos + 4]] not in streamed:
+            return self.next()
+        (length,) = HEADER.unpack_from(buf, pos)
+        if length > self.maxFrame:
+            raise FrameTooLarge(length, self.maxFrame)
+        if length == 0:
+            raise EmptyFrame()
+        kind = _TYPE_BYTES[buf[pos + 4]]
+        n = min(avail - 5, length - 1)
+        if n == 0 and length > 1:
+            # The header alone: the payload comes with the next reads.
+            self._streamLeft, self._streamKind = length - 1, kind
+            self._advance(buf, pos + 5)
+            return None
+        self._streamLeft, self._streamKind = length - 1 - n, kind
+        return kind, self._piece(buf, pos + 5, pos + 5 + n)
+
+    def _piece(self, buf: bytes | bytearray, start: int, end: int) -> bytes | memoryview:
+        """``buf[start:end]``, then consume up to ``end``. A view of a read
+        (immutable); a copy from the accumulation buffer, which changes."""
+        if start == end:
+            piece: bytes | memoryview = b""
+        elif isinstance(buf, bytes):
+            piece = memoryview(buf)[start:end]
+        else:
+            with memoryview(buf) as view:
+                piece = bytes(view[start:end])
+        self._advance(buf, end)
+        return piece
+
+    def _advance(self, buf: bytes | bytearray, end: int) -> None:
+        if end == len(buf):
+            self._buf, self._pos = b"", 0
+        else:
+            self._pos = end
 
 
 def growReadSize(transport: object, lastRead: int) -> None:
@@ -233,6 +299,13 @@ class FramedProtocol(Int32StringReceiver):
 
     serviceName: ClassVar[str] = "framed"
     frameHandlers: ClassVar[Mapping[bytes, FrameHandler]] = {}
+    #: Frame types (once authenticated) whose handler gets the payload in
+    #: pieces as they arrive (:meth:`FrameDecoder.take`): each piece a
+    #: read-only ``memoryview`` of a received read, not a copy, so bulk data
+    #: is never copied in user space between the socket and its consumer.
+    #: The handler is called once per piece (once with ``b""`` for an empty
+    #: frame) and must not rely on where frames begin or end.
+    streamedFrames: ClassVar[frozenset[bytes]] = frozenset()
 
     factory: FramedFactory
     log = Logger()
@@ -298,7 +371,9 @@ class FramedProtocol(Int32StringReceiver):
         decoder = self._decoder
         while self.state is not State.CLOSED and self.state is not State.AUTHENTICATING:
             try:
-                frame = decoder.next()
+                frame = decoder.take(
+                    self.streamedFrames if self.state is State.READY else _NO_TYPES
+                )
             except FrameTooLarge as e:
                 self.fail(
                     ProtocolError(
@@ -312,7 +387,8 @@ class FramedProtocol(Int32StringReceiver):
                 return
             if frame is None:
                 return
-            self.frameReceived(*frame)
+            # A memoryview only for the streamedFrames, whose handlers take one.
+            self.frameReceived(frame[0], cast(bytes, frame[1]))
 
     def stringReceived(self, string: bytes) -> None:
         """A whole frame, type byte first (``Int32StringReceiver``'s interface)."""
