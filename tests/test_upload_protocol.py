@@ -7,7 +7,7 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from netproto.framing import FrameDecoder, encodeFrame
 from netproto.upload.names import partialName
 from netproto.upload.protocol import Phase, UploadProtocol
 from netproto.upload.server import UploadFactory, makeFactory
-from netproto.upload.store import UploadStore, renameNoReplace
+from netproto.upload.store import Buffer, UploadStore, renameNoReplace
 from tests.support import makeContext, token
 
 TTL = 3600.0
@@ -52,14 +52,14 @@ class Harness:
         *,
         maxSize: int = 0,
         minFree: int = 0,
-        write: Callable[[int, memoryview], int] = os.write,
+        writev: Callable[[int, Sequence[Buffer]], int] = os.writev,
         executor: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1_000_000_000)  # wall-clock-like "now" for file mtimes
         self.context = makeContext(tmp, reactor=self.clock)
         self.root = self.context.uploadDir
-        self.store = UploadStore(self.root, resumeTTL=TTL, minFree=minFree, write=write)
+        self.store = UploadStore(self.root, resumeTTL=TTL, minFree=minFree, writev=writev)
         self.factory = UploadFactory(
             self.context, self.store, executor or maybeDeferred, maxSize=maxSize
         )
@@ -310,13 +310,14 @@ def test_disk_full_while_writing_is_no_space_and_leaves_nothing(tmp_path: Path) 
     nothing under the final name; the connection stays usable."""
     budget = [100_000]
 
-    def smallDisk(fd: int, data: memoryview) -> int:
-        if len(data) > budget[0]:
+    def smallDisk(fd: int, buffers: Sequence[Buffer]) -> int:
+        size = sum(len(b) for b in buffers)
+        if size > budget[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        budget[0] -= len(data)
-        return os.write(fd, data)
+        budget[0] -= size
+        return os.writev(fd, buffers)
 
-    h = Harness(tmp_path, write=smallDisk)
+    h = Harness(tmp_path, writev=smallDisk)
     c = h.connect()
     data = os.urandom(600_000)
     c.put("big", len(data))

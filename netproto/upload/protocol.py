@@ -2,17 +2,23 @@
 
 The protocol turns ``P``, ``D`` and ``F`` frames into calls on a
 :class:`~netproto.upload.store.PartialFile`, and their results into ``K`` and
-``E`` frames. It never touches the disk itself: every store call goes, in
-order, through the connection's :class:`SerialWorker`, which runs it off the
-reactor thread (the disk is the blocking library that forces a thread). One
-worker per connection keeps the calls of one upload in order without locks,
-and lets the reactor decode the next frames while the last ones are hashed
-and written.
+``E`` frames. It never touches the disk itself: every store call goes through
+one of the connection's two :class:`lanes <netproto.upload.workers.Lane>`, which
+run it off the reactor thread, in order. The *writing* lane opens, writes,
+syncs and renames; the *hashing* lane feeds the SHA-256. Each batch of data
+goes to both, so on two cores a big file is hashed while it is written and
+while the reactor receives the next batch; a small file's data never goes to
+the hashing lane: one call writes, hashes, checks, syncs and renames it.
 
-Flow control: the bytes received but not yet written are counted; above
-:attr:`UploadProtocol.highWater` the transport is paused, and resumed once the
-writer is back under :attr:`UploadProtocol.lowWater`, so the server's memory
-stays bounded however fast the client sends.
+Data comes in without copies: ``D`` is a streamed frame type
+(:attr:`~netproto.framing.FramedProtocol.streamedFrames`), so its payload
+arrives as views of the transport's reads, which are batched (about
+:attr:`UploadProtocol.batchSize` bytes) and handed to the lanes as they are.
+
+Flow control: the bytes received but not yet both hashed and written are
+counted; above :attr:`UploadProtocol.highWater` the transport is paused, and
+resumed once the lanes are back under :attr:`UploadProtocol.lowWater`, so the
+server's memory stays bounded however fast the client sends.
 
 Where one file is in its life is one table, :data:`PHASE_FRAMES`. An error
 while data flows (``size-mismatch`` for too many bytes, ``no-space``) is sent
@@ -28,9 +34,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import re
-from collections import deque
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -39,13 +44,11 @@ from twisted.python.failure import Failure
 from netproto.errors import ProtocolError
 from netproto.framing import FramedProtocol, decodeJSON
 from netproto.upload.names import splitName
-from netproto.upload.store import PartialFile
+from netproto.upload.store import Buffer, PartialFile
+from netproto.upload.workers import Lane
 
 if TYPE_CHECKING:
     from netproto.upload.server import UploadFactory
-
-T = TypeVar("T")
-Executor = Callable[..., "Deferred[Any]"]
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -72,58 +75,25 @@ PHASE_FRAMES: Final[Mapping[Phase, frozenset[bytes]]] = {
 }
 
 
-class SerialWorker:
-    """Runs blocking calls through ``executor`` (e.g. a thread pool) one at a
-    time, in the order they were asked for; results come back on the reactor."""
-
-    def __init__(self, executor: Executor) -> None:
-        self._executor = executor
-        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = deque()
-        self._busy = False
-
-    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        d: Deferred[T] = Deferred()
-        self._queue.append((function, args, d))
-        if not self._busy:
-            self._next()
-        return d
-
-    @property
-    def idle(self) -> bool:
-        return not self._busy and not self._queue
-
-    def _next(self) -> None:
-        if not self._queue:
-            self._busy = False
-            return
-        self._busy = True
-        function, args, d = self._queue.popleft()
-        self._executor(function, *args).addBoth(self._done, d)
-
-    def _done(self, result: object, d: Deferred[Any]) -> None:
-        # Start the next call before handling this one's result, so the
-        # worker thread is busy while the reactor deals with the result.
-        self._next()
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)
-
-
 class Upload:
     """The reactor's view of one file being received."""
 
     __slots__ = (
+        "flushing",
+        "gather",
+        "hashing",
         "name",
         "offset",
         "overwrite",
         "partial",
         "pending",
         "pendingBytes",
+        "pipelined",
         "received",
         "resume",
         "segments",
         "size",
+        "unflushed",
         "writing",
     )
 
@@ -139,11 +109,22 @@ class Upload:
         self.offset = 0
         #: bytes of the file held so far: kept ones plus those received
         self.received = 0
-        #: received data not yet handed to the writer
-        self.pending: list[bytes] = []
+        #: received data not yet handed to the lanes, in order: views of
+        #: reads, and bytearrays gathering small pieces
+        self.pending: list[Buffer] = []
         self.pendingBytes = 0
-        #: bytes handed to the writer and not yet written
+        #: the bytearray at the end of ``pending`` that small pieces are added to
+        self.gather: bytearray | None = None
+        #: bytes handed to the writing lane and not yet written
         self.writing = 0
+        #: bytes handed to the hashing lane and not yet hashed
+        self.hashing = 0
+        #: some data went to the lanes before F (else F does it all in one call)
+        self.pipelined = False
+        #: bytes written since the last flush started
+        self.unflushed = 0
+        #: a flush is running in the flushing lane
+        self.flushing = False
 
 
 def _boolField(request: Mapping[str, Any], key: str) -> bool:
@@ -158,26 +139,45 @@ class UploadProtocol(FramedProtocol):
 
     serviceName = "upload"
     factory: UploadFactory
+    streamedFrames = frozenset({b"D"})
 
-    #: Received bytes not yet on disk above which reading from the client
-    #: stops: a few frames, enough to keep the writer thread busy.
-    highWater: int = 4 * 1024 * 1024
+    #: Received bytes not yet both hashed and on disk above which reading from
+    #: the client stops: a few batches, enough to keep both lanes busy.
+    highWater: int = 16 * 1024 * 1024
     #: ... and below which it starts again.
-    lowWater: int = 1024 * 1024
-    #: Pending bytes that start a write while the file is still coming; below
-    #: it data waits for more (or for F), so a small file costs one thread hop
-    #: for its data, its checks and its rename together.
+    lowWater: int = 8 * 1024 * 1024
+    #: Pending bytes handed to the lanes as one batch: one thread hop (and one
+    #: result back) per lane per batch, not per frame.
+    batchSize: int = 1024 * 1024
+    #: Pending bytes that start a batch early while both lanes are idle; below
+    #: it data waits for more (or for F), so a small file costs one call for
+    #: its data, its checks and its rename together.
     writeThreshold: int = 256 * 1024
+    #: Pieces shorter than this are copied together into one buffer rather
+    #: than held each as a view: bounds the objects a client of tiny frames
+    #: makes the server hold.
+    gatherBelow: int = 4096
+    #: Longest buffer small pieces are gathered into.
+    gatherSize: int = 64 * 1024
+    #: Bytes written after which the flushing lane flushes them to disk
+    #: (:meth:`~netproto.upload.store.PartialFile.flush`) while more arrive,
+    #: so that the fsync after the last byte has little left to wait for.
+    flushStep: int = 32 * 1024 * 1024
 
     def __init__(self) -> None:
         super().__init__()
         self.phase = Phase.IDLE
         self.upload: Upload | None = None
-        self.worker: SerialWorker | None = None
+        self.writer: Lane | None = None
+        self.hasher: Lane | None = None
+        self.flusher: Lane | None = None
         self._paused = False
 
     def authenticated(self) -> None:
-        self.worker = SerialWorker(self.factory.executor)
+        factory = self.factory
+        self.writer = Lane(factory.executor, factory.report)
+        self.hasher = Lane(factory.executor, factory.report)
+        self.flusher = Lane(factory.executor, factory.report)
 
     # -- frames ------------------------------------------------------------------
 
@@ -209,8 +209,8 @@ class UploadProtocol(FramedProtocol):
         upload = Upload(name, segments, size, overwrite, resume)
         self.upload = upload
         self.phase = Phase.OPENING
-        assert self.worker is not None
-        d = self.worker.run(
+        assert self.writer is not None
+        d = self.writer.run(
             self.factory.store.begin,
             segments,
             size,
@@ -240,7 +240,7 @@ class UploadProtocol(FramedProtocol):
                 size=upload.size,
                 offset=upload.offset,
             )
-        self.sendJSON(b"K", {"offset": partial.offset})
+        self._reply({"offset": partial.offset})
 
     def _openFailed(self, failure: Failure, upload: Upload) -> None:
         failure.trap(ProtocolError)
@@ -249,11 +249,12 @@ class UploadProtocol(FramedProtocol):
             self.phase = Phase.IDLE
             self.fail(failure.value)  # type: ignore[arg-type]
 
-    def dataFrameReceived(self, payload: bytes) -> None:
-        """``D``: count, queue for the writer, and pause the client if it is ahead."""
-        self._expect(b"D")
-        if self.phase is Phase.DISCARDING:
-            return
+    def dataFrameReceived(self, payload: bytes | memoryview) -> None:
+        """``D`` (streamed: called for each piece of a frame as it arrives):
+        count, queue for the lanes, and pause the client if it is ahead."""
+        if self.phase is not Phase.RECEIVING:
+            self._expect(b"D")
+            return  # discarding
         upload = self.upload
         assert upload is not None
         n = len(payload)
@@ -267,41 +268,81 @@ class UploadProtocol(FramedProtocol):
             )
             return
         upload.received += n
-        upload.pending.append(payload)
+        if n >= self.gatherBelow:
+            upload.pending.append(payload)
+            upload.gather = None
+        elif n:
+            gather = upload.gather
+            if gather is None:
+                gather = upload.gather = bytearray()
+                upload.pending.append(gather)
+            gather += payload
+            if len(gather) >= self.gatherSize:
+                upload.gather = None
         upload.pendingBytes += n
-        if upload.writing == 0 and upload.pendingBytes >= self.writeThreshold:
-            self._flush(upload)
-        self._updateFlow()
-
-    def _flush(self, upload: Upload) -> None:
-        chunks, upload.pending = upload.pending, []
-        upload.writing, upload.pendingBytes = upload.pendingBytes, 0
-        assert self.worker is not None
-        assert upload.partial is not None
-        d = self.worker.run(upload.partial.write, chunks)
-        d.addCallbacks(self._written, self._writeFailed, (upload,), {}, (upload,))
-        d.addErrback(self._handlerFailed)
-
-    def _written(self, _: None, upload: Upload) -> None:
-        upload.writing = 0
-        if (
-            self.upload is upload
-            and self.phase is Phase.RECEIVING
-            and upload.pendingBytes >= self.writeThreshold
+        if upload.pendingBytes >= self.writeThreshold and (
+            upload.pendingBytes >= self.batchSize or upload.writing == upload.hashing == 0
         ):
             self._flush(upload)
         self._updateFlow()
 
-    def _writeFailed(self, failure: Failure, upload: Upload) -> None:
-        upload.writing = 0
+    def _flush(self, upload: Upload) -> None:
+        """Hand the pending data to both lanes as one batch."""
+        batch, n = upload.pending, upload.pendingBytes
+        upload.pending, upload.pendingBytes, upload.gather = [], 0, None
+        upload.writing += n
+        upload.hashing += n
+        upload.pipelined = True
+        partial = upload.partial
+        assert partial is not None
+        assert self.writer is not None
+        assert self.hasher is not None
+        d = self.writer.run(partial.writeData, batch)
+        d.addCallbacks(self._written, self._writeFailed, (upload, n), {}, (upload, n))
+        d.addErrback(self._handlerFailed)
+        h = self.hasher.run(partial.hashData, batch)
+        h.addCallback(self._hashed, upload, n)
+        h.addErrback(self._handlerFailed)
+
+    def _written(self, _: None, upload: Upload, n: int) -> None:
+        upload.writing -= n
+        upload.unflushed += n
+        if upload.unflushed >= self.flushStep and not upload.flushing and self.upload is upload:
+            assert self.flusher is not None
+            assert upload.partial is not None
+            upload.flushing, upload.unflushed = True, 0
+            d = self.flusher.run(upload.partial.flush)
+            d.addCallback(self._flushed, upload)
+            d.addErrback(self._handlerFailed)
+        self._afterBatch(upload)
+
+    def _flushed(self, _: None, upload: Upload) -> None:
+        upload.flushing = False
+
+    def _hashed(self, _: None, upload: Upload, n: int) -> None:
+        upload.hashing -= n
+        self._afterBatch(upload)
+
+    def _afterBatch(self, upload: Upload) -> None:
+        if (
+            self.upload is upload
+            and self.phase is Phase.RECEIVING
+            and upload.pendingBytes >= self.writeThreshold
+            and upload.writing == upload.hashing == 0
+        ):
+            self._flush(upload)
+        self._updateFlow()
+
+    def _writeFailed(self, failure: Failure, upload: Upload, n: int) -> None:
+        upload.writing -= n
         failure.trap(ProtocolError)
         if self.upload is upload:
             self._abort(upload, failure.value)  # type: ignore[arg-type]
         self._updateFlow()
 
     def finishReceived(self, payload: bytes) -> Deferred[Any] | None:
-        """``F``: hand the last data and the client's digest to the writer; it
-        checks, syncs and renames, and ``K stored`` follows."""
+        """``F``: the last data and the client's digest go to the lanes; the
+        file is checked, synced and renamed, and ``K stored`` follows."""
         self._expect(b"F")
         request = decodeJSON(payload)
         sha256 = request.get("sha256")
@@ -312,21 +353,50 @@ class UploadProtocol(FramedProtocol):
             return None
         upload = self.upload
         assert upload is not None
-        assert upload.partial is not None
-        assert self.worker is not None
+        partial = upload.partial
+        assert partial is not None
+        assert self.writer is not None
+        assert self.hasher is not None
         self.phase = Phase.FINISHING
-        chunks, upload.pending = upload.pending, []
-        upload.writing += upload.pendingBytes
-        upload.pendingBytes = 0
-        d = self.worker.run(_complete, upload.partial, chunks, sha256.lower(), upload.overwrite)
+        sha256 = sha256.lower()
+        if not upload.pipelined:
+            # Everything is still here: one call writes, hashes, checks,
+            # syncs and renames (a small file's only hop after its P).
+            chunks, n = upload.pending, upload.pendingBytes
+            upload.pending, upload.pendingBytes, upload.gather = [], 0, None
+            upload.writing += n
+            d = self.writer.run(_complete, partial, chunks, sha256, upload.overwrite)
+        else:
+            if upload.pendingBytes:
+                self._flush(upload)
+            # The data is flushed to disk while its last batches are hashed;
+            # once both are done and no early flush is running any more, the
+            # digest is checked and the file renamed into place.
+            assert self.flusher is not None
+            hashed = self.hasher.run(_nothing)
+            flushed = self.flusher.run(_nothing)
+            synced = self.writer.run(partial.sync)
+            d = (
+                synced.addCallback(lambda _: hashed)
+                .addCallback(lambda _: flushed)
+                .addCallback(self._place, upload, partial, sha256)
+            )
         d.addCallbacks(self._stored, self._finishFailed, (upload,), {}, (upload,))
         return d
+
+    def _place(self, _: None, upload: Upload, partial: PartialFile, sha256: str) -> Deferred[str]:
+        if self.upload is not upload:
+            raise ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
+        assert self.writer is not None
+        return self.writer.run(partial.finish, sha256, upload.overwrite, True)
 
     def _stored(self, digest: str, upload: Upload) -> None:
         upload.writing = 0
         if self.upload is upload:
             self.upload = None
             self.phase = Phase.IDLE
+        self._reply({"name": upload.name, "size": upload.size, "sha256": digest})
+        # Logged once the reply is on its way, so the log line does not delay it.
         self.log.info(
             "upload: {peer} ({user}) stored {name} ({size} bytes, sha256 {sha256})",
             peer=self.peer,
@@ -335,7 +405,6 @@ class UploadProtocol(FramedProtocol):
             size=upload.size,
             sha256=digest,
         )
-        self.sendJSON(b"K", {"name": upload.name, "size": upload.size, "sha256": digest})
         self._updateFlow()
 
     def _finishFailed(self, failure: Failure, upload: Upload) -> None:
@@ -347,6 +416,13 @@ class UploadProtocol(FramedProtocol):
 
     frameHandlers = {b"P": putReceived, b"D": dataFrameReceived, b"F": finishReceived}
 
+    # -- replies -------------------------------------------------------------------
+
+    def _reply(self, obj: Mapping[str, Any]) -> None:
+        """Send ``K`` now: the client waits for it before its next step."""
+        self.sendJSON(b"K", obj)
+        writeNow(self.transport)
+
     # -- ending a file early ------------------------------------------------------
 
     def _abort(self, upload: Upload, error: ProtocolError) -> None:
@@ -354,19 +430,21 @@ class UploadProtocol(FramedProtocol):
         connection stays usable."""
         self.upload = None
         self.phase = Phase.DISCARDING if self.phase is Phase.RECEIVING else Phase.IDLE
-        upload.pending, upload.pendingBytes = [], 0
+        upload.pending, upload.pendingBytes, upload.gather = [], 0, None
         if upload.partial is not None:
             self._release(upload.partial, keep=False)
         self.fail(error)
 
-    def _release(self, partial: PartialFile, keep: bool, chunks: list[bytes] | None = None) -> None:
+    def _release(
+        self, partial: PartialFile, keep: bool, chunks: list[Buffer] | None = None
+    ) -> None:
         """Close ``partial``, keeping its data (and ``chunks`` received but not yet
         written) for a resume, or removing it."""
-        assert self.worker is not None
+        assert self.writer is not None
         if keep:
-            d = self.worker.run(_keep, partial, chunks or [])
+            d = self.writer.run(_keep, partial, chunks or [])
         else:
-            d = self.worker.run(partial.discard)
+            d = self.writer.run(partial.discard)
         d.addErrback(self._handlerFailed)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
@@ -374,7 +452,7 @@ class UploadProtocol(FramedProtocol):
         self.upload = None
         self.phase = Phase.IDLE
         if upload is not None and upload.partial is not None:
-            chunks, upload.pending = upload.pending, []
+            chunks, upload.pending, upload.gather = upload.pending, [], None
             # Kept for a resume only when it was asked for and nothing went wrong.
             keep = upload.resume and phase is Phase.RECEIVING
             self._release(upload.partial, keep, chunks)
@@ -392,7 +470,9 @@ class UploadProtocol(FramedProtocol):
 
     def _updateFlow(self) -> None:
         upload = self.upload
-        queued = upload.pendingBytes + upload.writing if upload is not None else 0
+        queued = (
+            upload.pendingBytes + max(upload.writing, upload.hashing) if upload is not None else 0
+        )
         if self.transport is None:
             return
         if not self._paused and queued > self.highWater:
@@ -406,14 +486,23 @@ class UploadProtocol(FramedProtocol):
         return self.avatar.name if self.avatar is not None else "?"
 
 
-def _complete(partial: PartialFile, chunks: list[bytes], sha256: str, overwrite: bool) -> str:
+def writeNow(transport: object) -> None:
+    """Placeholder: flush now."""
+
+
+def _complete(partial: PartialFile, chunks: list[Buffer], sha256: str, overwrite: bool) -> str:
     """In the worker: the last data, then :meth:`PartialFile.finish` (checks, sync, rename)."""
     partial.write(chunks)
     return partial.finish(sha256, overwrite)
 
 
-def _keep(partial: PartialFile, chunks: list[bytes]) -> None:
-    """In the worker: write what was received, then keep the partial file for a resume."""
+def _keep(partial: PartialFile, chunks: list[Buffer]) -> None:
+    """In the worker: write what was received, then keep the partial file for a
+    resume (its hash is rebuilt from the file when it is resumed)."""
     with contextlib.suppress(ProtocolError):  # the data is broken: keep() removes it
-        partial.write(chunks)
+        partial.writeData(chunks)
     partial.keep()
+
+
+def _nothing() -> None:
+    """A lane call that only marks the point where every call before it is done."""

@@ -46,7 +46,12 @@ from netproto.upload.names import isPartialName, partialName
 
 log = Logger()
 
-WriteFunction = Callable[[int, memoryview], int]
+#: What data arrives as: views of received reads, or bytes gathered from small ones.
+Buffer = bytes | bytearray | memoryview
+#: ``os.writev``: writes buffers in order, returns how many bytes it wrote.
+WriteFunction = Callable[[int, Sequence[Buffer]], int]
+#: Most buffers one ``writev`` call takes (Linux's IOV_MAX).
+IOV_MAX: Final = 1024
 
 #: Bytes read per call when re-hashing kept data for a resume.
 REHASH_CHUNK: Final = 1 << 20
@@ -142,9 +147,12 @@ class PartialFile:
         size: int,
         offset: int,
         hasher: hashlib._Hash,
+        ownsDir: bool = True,
     ) -> None:
         self.store = store
         self.dirFD = dirFD
+        #: dirFD is this file's own handle (not the store's), closed with it
+        self.ownsDir = ownsDir
         self.fd = fd
         self.leaf = leaf
         self.part = part
@@ -153,42 +161,102 @@ class PartialFile:
         self.offset = offset
         self.written = offset
         self.hasher = hasher
+        #: an error of :meth:`flush`, for :meth:`sync` to report
+        self.flushError: OSError | None = None
         self.closed = False
         #: a write failed: the data is not worth keeping for a resume
         self.broken = False
 
-    def write(self, chunks: Sequence[bytes]) -> None:
-        """Hash and append ``chunks``, in order.
+    def write(self, chunks: Sequence[Buffer]) -> None:
+        """Hash and append ``chunks``, in order (one call for a small file).
 
         :raises ProtocolError: ``no-space`` when the disk is full (the data
             written so far stays; the caller removes it with :meth:`discard`).
         """
-        write, fd, update = self.store.write, self.fd, self.hasher.update
-        for chunk in chunks:
-            # Hashing first: the buffer is hot in the cache for the write.
-            update(chunk)
-            with memoryview(chunk) as view:
-                done, total = 0, len(view)
-                while done < total:
-                    try:
-                        done += write(fd, view[done:])
-                    except OSError as e:
-                        self.broken = True
-                        raise osError(e, self.name) from None
-            self.written += total
+        self.hashData(chunks)
+        self.writeData(chunks)
 
-    def finish(self, sha256: str, overwrite: bool) -> str:
+    def hashData(self, chunks: Sequence[Buffer]) -> None:
+        """Feed ``chunks`` to the SHA-256, in order. The hashing lane calls
+        this while the writing lane writes the same chunks (they are never
+        changed once handed over); the hash state is used by no one else
+        until :meth:`finish`. Nothing is done once the file is closed."""
+        if self.closed:
+            return
+        update = self.hasher.update
+        for chunk in chunks:
+            update(chunk)
+
+    def writeData(self, chunks: Sequence[Buffer]) -> None:
+        """Append ``chunks``, in order, without hashing them: one ``writev``
+        for a whole batch (so one GIL release, not one per frame).
+
+        :raises ProtocolError: ``no-space`` when the disk is full;
+            ``internal`` if the file was closed meanwhile.
+        """
+        self._checkOpen()
+        writev, fd = self.store.writev, self.fd
+        buffers = list(chunks)  # the caller's list is shared with the hashing lane
+        first = 0
+        while first < len(buffers):
+            try:
+                n = writev(fd, buffers[first : first + IOV_MAX])
+            except OSError as e:
+                self.broken = True
+                raise osError(e, self.name) from None
+            if n <= 0:
+                self.broken = True
+                raise osError(OSError(errno.EIO, "write wrote nothing"), self.name)
+            self.written += n
+            while first < len(buffers) and n >= len(buffers[first]):
+                n -= len(buffers[first])
+                first += 1
+            if n:  # a short write: the rest of that buffer next
+                buffers[first] = memoryview(buffers[first])[n:]
+
+    def flush(self) -> None:
+        """Flush the data written so far to disk (``fdatasync``), from the
+        flushing lane while the writing lane goes on writing.
+
+        Only a head start for :meth:`sync`, which is still what makes the
+        file durable: the disk (and a virtual disk's host) writes while data
+        still arrives, instead of all of it after the last byte. A failure is
+        kept and raised by :meth:`sync` and :meth:`finish`: the kernel
+        reports a lost write to one fsync of a file description only.
+        """
+        if self.closed:
+            return
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            self.flushError = e
+
+    def sync(self) -> None:
+        """Check the size, then flush the data to disk (the first half of
+        :meth:`finish`, run while the last data is still being hashed).
+
+        :raises ProtocolError: ``size-mismatch``; ``no-space`` or another
+            I/O error from the flush.
+        """
+        self._checkOpen()
+        self._checkSize()
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise osError(e, self.name) from None
+        self._checkFlushed()
+
+    def finish(self, sha256: str, overwrite: bool, synced: bool = False) -> str:
         """Check the size and digest, then make the file durable under its final name.
+
+        :param synced: :meth:`sync` was done after the last write.
 
         On success the file is closed and its SHA-256 (hex) returned; on any
         :class:`ProtocolError` the partial file is left for the caller to
         :meth:`discard`.
         """
-        if self.written != self.size:
-            raise ProtocolError(
-                "size-mismatch",
-                f"{self.name}: {self.written} bytes received, {self.size} announced",
-            )
+        self._checkOpen()
+        self._checkSize()
         digest = self.hasher.hexdigest()
         if digest != sha256:
             raise ProtocolError(
@@ -196,7 +264,9 @@ class PartialFile:
                 f"{self.name}: the SHA-256 of the received data is {digest}, not {sha256}",
             )
         try:
-            os.fsync(self.fd)
+            if not synced:
+                os.fsync(self.fd)
+            self._checkFlushed()
             if overwrite:
                 os.rename(self.part, self.leaf, src_dir_fd=self.dirFD, dst_dir_fd=self.dirFD)
             else:
@@ -215,6 +285,24 @@ class PartialFile:
         finally:
             self._close()
         return digest
+
+    def _checkOpen(self) -> None:
+        # A call queued before the file was given up must not touch a file
+        # descriptor number that may already belong to another file.
+        if self.closed:
+            raise ProtocolError("internal", f"{self.name}: upload already ended", fatal=False)
+
+    def _checkFlushed(self) -> None:
+        if self.flushError is not None:
+            self.broken = True
+            raise osError(self.flushError, self.name)
+
+    def _checkSize(self) -> None:
+        if self.written != self.size:
+            raise ProtocolError(
+                "size-mismatch",
+                f"{self.name}: {self.written} bytes received, {self.size} announced",
+            )
 
     def keep(self) -> None:
         """Close, keeping the data for a later resume (synced, so it survives more
@@ -243,7 +331,8 @@ class PartialFile:
         if not self.closed:
             self.closed = True
             _close(self.fd)
-            _close(self.dirFD)
+            if self.ownsDir:
+                _close(self.dirFD)
 
 
 class UploadStore:
@@ -255,7 +344,7 @@ class UploadStore:
     :param resumeTTL: seconds a partial file may stay untouched before
         :meth:`sweep` removes it (and before a ``P`` stops resuming from it).
     :param minFree: bytes of free space an accepted upload must leave.
-    :param write: ``os.write``; tests inject a full disk here.
+    :param writev: ``os.writev``; tests inject a full disk here.
     """
 
     def __init__(
@@ -263,12 +352,12 @@ class UploadStore:
         root: Path,
         resumeTTL: float,
         minFree: int = 0,
-        write: WriteFunction = os.write,
+        writev: WriteFunction = os.writev,
     ) -> None:
         self.root = root
         self.resumeTTL = resumeTTL
         self.minFree = minFree
-        self.write = write
+        self.writev = writev
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.rootFD = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -295,7 +384,9 @@ class UploadStore:
             intermediate directories.
         """
         name = _text(segments)
-        self._checkFree(self.rootFD, size, name)
+        if not resume:
+            # All of it is to come; with resume, only what is not kept (below).
+            self._checkFree(self.rootFD, size, name)
         dirFD = self._openParent(segments[:-1], name)
         try:
             return self._beginIn(
@@ -308,7 +399,8 @@ class UploadStore:
                 now=now,
             )
         except BaseException:
-            _close(dirFD)
+            if dirFD != self.rootFD:
+                _close(dirFD)
             raise
 
     def _beginIn(
@@ -334,19 +426,19 @@ class UploadStore:
             if not overwrite:
                 raise ProtocolError("exists", f"{name} exists (ask to overwrite it)")
         part = partialName(leaf, size)
-        fd = self._lockPartial(dirFD, part, name)
+        fd, info = self._lockPartial(dirFD, part, name)
         offset = 0
         try:
-            info = os.fstat(fd)
             if resume and 0 < info.st_size <= size and now - info.st_mtime <= self.resumeTTL:
                 offset = info.st_size
-            else:
-                os.ftruncate(fd, 0)
-            self._checkFree(fd, size - offset, name)
+            if offset != info.st_size:
+                os.ftruncate(fd, offset)
             hasher = hashlib.sha256()
+            if resume:
+                self._checkFree(fd, size - offset, name)
             if offset:
                 self._rehash(fd, offset, hasher)
-            os.lseek(fd, offset, os.SEEK_SET)
+                os.lseek(fd, offset, os.SEEK_SET)
         except BaseException as e:
             if not offset:
                 with contextlib.suppress(OSError):
@@ -365,6 +457,7 @@ class UploadStore:
             size=size,
             offset=offset,
             hasher=hasher,
+            ownsDir=dirFD != self.rootFD,
         )
 
     def _checkFree(self, fd: int, needed: int, name: str) -> None:
@@ -382,7 +475,10 @@ class UploadStore:
 
     def _openParent(self, segments: Sequence[bytes], name: str) -> int:
         """A handle on the directory of the final name, creating what is missing;
-        no segment may be a symbolic link or anything but a directory."""
+        no segment may be a symbolic link or anything but a directory. For a
+        name at the top it is :attr:`rootFD` itself (never closed by a file)."""
+        if not segments:
+            return self.rootFD
         fd = os.dup(self.rootFD)
         try:
             for i, segment in enumerate(segments):
@@ -416,26 +512,28 @@ class UploadStore:
             raise
         return fd
 
-    def _lockPartial(self, dirFD: int, part: bytes, name: str) -> int:
+    def _lockPartial(self, dirFD: int, part: bytes, name: str) -> tuple[int, os.stat_result]:
         """Open and exclusively lock the partial file ``part``; ``busy`` if another
         upload holds it. The lock is retaken if the file was renamed or removed
-        between the open and the lock."""
+        between the open and the lock. Returns the handle and its status as
+        of holding the lock."""
         for _ in range(5):
             fd = os.open(part, _PART_FLAGS, 0o644, dir_fd=dirFD)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise ProtocolError(
-                        "internal", f"{name}: partial file is not a regular file", fatal=False
-                    )
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise ProtocolError(
                         "busy", f"{name} is being uploaded by another connection"
                     ) from None
-                if _sameFile(fd, dirFD, part):
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise ProtocolError(
+                        "internal", f"{name}: partial file is not a regular file", fatal=False
+                    )
+                if _sameFile(info, dirFD, part):
                     os.set_blocking(fd, True)
-                    return fd
+                    return fd, info
             except BaseException:
                 _close(fd)
                 raise
@@ -476,7 +574,8 @@ class UploadStore:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if now - os.fstat(fd).st_mtime <= self.resumeTTL or not _sameFile(fd, dirFD, entry):
+            info = os.fstat(fd)
+            if now - info.st_mtime <= self.resumeTTL or not _sameFile(info, dirFD, entry):
                 return False
             os.unlink(entry, dir_fd=dirFD)
             return True
@@ -486,11 +585,10 @@ class UploadStore:
             _close(fd)
 
 
-def _sameFile(fd: int, dirFD: int, entry: bytes) -> bool:
-    """Whether ``entry`` in ``dirFD`` still names the file open as ``fd``."""
+def _sameFile(here: os.stat_result, dirFD: int, entry: bytes) -> bool:
+    """Whether ``entry`` in ``dirFD`` still names the open file whose status is ``here``."""
     try:
         there = os.stat(entry, dir_fd=dirFD, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    here = os.fstat(fd)
     return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
