@@ -9,7 +9,7 @@ logged with its traceback and the peer only sees ``E internal``.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 ErrorCode = Literal[
     "bad-frame",
@@ -30,23 +30,7 @@ ErrorCode = Literal[
 ]
 
 #: Every code PROTOCOL.md section 2 defines, in its order.
-ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
-    "bad-frame",
-    "frame-too-large",
-    "auth-required",
-    "auth-failed",
-    "busy",
-    "not-allowed",
-    "not-found",
-    "exists",
-    "invalid-name",
-    "too-large",
-    "size-mismatch",
-    "checksum-mismatch",
-    "no-space",
-    "timeout",
-    "internal",
-)
+ERROR_CODES: Final[tuple[ErrorCode, ...]] = get_args(ErrorCode)
 
 #: Codes after which the server always closes the connection.
 FATAL_CODES: Final[frozenset[ErrorCode]] = frozenset(
