@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -21,26 +20,25 @@ from netproto.upload.names import partialName
 from netproto.upload.protocol import Phase, UploadProtocol
 from netproto.upload.server import UploadFactory, makeFactory
 from netproto.upload.store import Buffer, UploadStore, renameNoReplace
+from netproto.upload.workers import callNow
 from tests.support import makeContext, token
 
 TTL = 3600.0
 
 
 class StepExecutor:
-    """Holds store calls until the test runs them, to see what happens meanwhile."""
+    """Holds worker-thread jobs until the test runs them, to see what happens meanwhile."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
-    def __call__(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((function, args, d))
-        return d
+    def __call__(self, function: Callable[..., Any], *args: Any) -> None:
+        self.calls.append((function, args))
 
     def runAll(self) -> None:
         while self.calls:
-            function, args, d = self.calls.pop(0)
-            maybeDeferred(function, *args).chainDeferred(d)
+            function, args = self.calls.pop(0)
+            function(*args)
 
 
 class Harness:
@@ -53,16 +51,14 @@ class Harness:
         maxSize: int = 0,
         minFree: int = 0,
         writev: Callable[[int, Sequence[Buffer]], int] = os.writev,
-        executor: Callable[..., Deferred[Any]] | None = None,
+        executor: Callable[..., object] = callNow,
     ) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1_000_000_000)  # wall-clock-like "now" for file mtimes
         self.context = makeContext(tmp, reactor=self.clock)
         self.root = self.context.uploadDir
         self.store = UploadStore(self.root, resumeTTL=TTL, minFree=minFree, writev=writev)
-        self.factory = UploadFactory(
-            self.context, self.store, executor or maybeDeferred, maxSize=maxSize
-        )
+        self.factory = UploadFactory(self.context, self.store, executor, maxSize=maxSize)
         self.token = token(self.context)
 
     def connect(self) -> Connection:

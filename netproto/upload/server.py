@@ -7,8 +7,8 @@ import ctypes.util
 import os
 from typing import Any, Final
 
-from twisted.internet import task, threads
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -16,7 +16,7 @@ from netproto.framing import FramedFactory
 from netproto.services import ServerContext, ServiceError
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import UploadStore
-from netproto.upload.workers import Executor, Reporter, callNow
+from netproto.upload.workers import Executor, Lane, Reporter, WorkerThreads, callNow
 
 log = Logger()
 
@@ -68,23 +68,20 @@ def tuneAllocator() -> bool:
 
 
 def threadExecutor(reactor: Any) -> tuple[Executor, Reporter]:
-    """Run blocking store calls in the reactor's thread pool (bounded; stopped
-    with the reactor), their results reported with ``callFromThread``. A
-    reactor without threads (a test's fake one) runs them at once instead."""
-    if not hasattr(reactor, "getThreadPool"):
-        return maybeDeferred, callNow
-
-    def execute(function: Any, *args: Any) -> Deferred[Any]:
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
-
-    return execute, reactor.callFromThread
+    """Run blocking store calls in the service's own worker threads
+    (:class:`~netproto.upload.workers.WorkerThreads`: bounded, stopped with
+    the reactor), their results reported with ``callFromThread``. A reactor
+    without threads (a test's fake one) runs them at once instead."""
+    if not hasattr(reactor, "callFromThread"):
+        return callNow, callNow
+    return WorkerThreads(reactor), reactor.callFromThread
 
 
 class UploadFactory(FramedFactory):
     """Shares the store and the options between the upload connections.
 
     :ivar store: the upload directory.
-    :ivar executor: runs a blocking call off the reactor thread, returning a Deferred.
+    :ivar executor: starts a call in a worker thread (``reactor.callInThread``).
     :ivar report: calls a function on the reactor thread from a worker thread
         (``reactor.callFromThread``; :func:`~netproto.upload.workers.callNow`
         when the executor runs calls on the reactor thread itself).
@@ -107,6 +104,7 @@ class UploadFactory(FramedFactory):
         self.report = report
         self.maxSize = maxSize
         self._sweeper: task.LoopingCall | None = None
+        self._sweepLane = Lane(executor, report)
 
     def startFactory(self) -> None:
         ttl = self.store.resumeTTL
@@ -123,7 +121,7 @@ class UploadFactory(FramedFactory):
         self._sweeper = None
 
     def _sweep(self) -> Deferred[None]:
-        d = self.executor(self.store.sweep, self.context.reactor.seconds())
+        d = self._sweepLane.run(self.store.sweep, self.context.reactor.seconds())
 
         def swept(removed: int) -> None:
             if removed:

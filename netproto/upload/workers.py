@@ -17,33 +17,38 @@ from the pool's threads.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
-#: Runs ``function(*args)`` somewhere (a worker thread), returning a Deferred
-#: that fires on the reactor thread when it is done.
-Executor = Callable[..., "Deferred[Any]"]
+#: Starts ``function(*args)`` in a worker thread (``reactor.callInThread``);
+#: what it returns is ignored (results come back through a :data:`Reporter`).
+Executor = Callable[..., object]
 #: Calls ``function(*args)`` on the reactor thread, from any thread
 #: (``reactor.callFromThread``).
 Reporter = Callable[..., object]
 
 #: Calls a lane runs in a row before it gives its thread back to the pool.
 BURST: Final = 16
+#: Threads of a :class:`WorkerThreads`: a big upload keeps three busy at
+#: most (writing, hashing, flushing), a small file one.
+THREADS: Final = 8
 
 log = Logger()
 
 
 def callNow(function: Callable[..., object], *args: object) -> None:
-    """The :data:`Reporter` for executors that run calls on the reactor thread
-    itself (tests, a fake reactor): call at once."""
+    """The :data:`Executor` and :data:`Reporter` of a reactor without
+    threads (tests, a fake reactor): call at once, on the reactor thread."""
     function(*args)
 
 
@@ -84,9 +89,7 @@ class Lane:
         return d
 
     def _start(self) -> None:
-        self._executor(self._drain).addErrback(
-            lambda f: log.failure("upload: a worker lane failed", f)
-        )
+        self._executor(self._drain)
 
     def _drain(self) -> None:
         """In a worker thread: run queued calls until none is left or the
@@ -110,3 +113,57 @@ class Lane:
             d.errback(result)
         else:
             d.callback(result)
+
+
+class WorkerThreads:
+    """The upload service's own small thread pool: the :data:`Executor` of its lanes.
+
+    Why not the reactor's pool: Twisted's ``ThreadPool`` spends some tens of
+    microseconds of Python per job on its coordination (a ``Team``, context
+    and logging wrappers), in the worker thread, holding the GIL exactly when
+    the reactor thread handles the job's result; at two jobs per small file
+    that is a good part of a file's time. Here a job is a ``SimpleQueue``
+    put and get. Keeping disk work apart also means a slow disk cannot take
+    the threads the reactor's pool gives name resolution or password checks.
+
+    The threads start at the first job and stop when the reactor shuts down
+    (each after its current job; later jobs are dropped).
+    """
+
+    def __init__(self, reactor: IReactorCore, size: int = THREADS) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+        reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+
+    def __call__(self, function: Callable[..., object], *args: Any) -> None:
+        """Run ``function(*args)`` in one of the threads."""
+        if self._stopped:
+            return
+        if not self._threads:
+            for i in range(self.size):
+                thread = threading.Thread(target=self._work, name=f"netproto-upload-{i}")
+                thread.daemon = True
+                thread.start()
+                self._threads.append(thread)
+        self._queue.put((function, args))
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            function, args = job
+            try:
+                function(*args)
+            except BaseException:
+                log.failure("upload: a worker thread job failed")
+
+    def stop(self) -> None:
+        """Let each thread finish its current job, then end it."""
+        self._stopped = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
