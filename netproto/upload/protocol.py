@@ -308,7 +308,12 @@ class UploadProtocol(FramedProtocol):
     def _written(self, _: None, upload: Upload, n: int) -> None:
         upload.writing -= n
         upload.unflushed += n
-        if upload.unflushed >= self.flushStep and not upload.flushing and self.upload is upload:
+        if (
+            upload.unflushed >= self.flushStep
+            and not upload.flushing
+            and self.upload is upload
+            and self.phase is Phase.RECEIVING  # after F the final sync does it
+        ):
             assert self.flusher is not None
             assert upload.partial is not None
             upload.flushing, upload.unflushed = True, 0
