@@ -215,8 +215,17 @@ class ChatRoom:
         self._outbox.append((line, exclude))
 
     def owes(self, participant: IParticipant) -> bool:
-        """Whether the outbox may hold lines for ``participant``."""
-        return len(self._outbox) > self._newcomers.get(participant, 0)
+        """Whether the outbox holds a line for ``participant``.
+
+        Exact, not "may": a newcomer's own join notice (excluded for it) is no
+        reason to flush, so a burst of connections in one reactor turn still
+        costs one write per member, not one per connection per member.
+        """
+        outbox = self._outbox
+        for i in range(self._newcomers.get(participant, 0), len(outbox)):
+            if outbox[i][1] is not participant:
+                return True
+        return False
 
     def flush(self) -> None:
         """Deliver the outbox now (it is called by ``callSoon``, or early when order needs it)."""
