@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from netproto.addresses import describePeer
 from netproto.chat.commands import interpret
+from netproto.chat.direct import deliverNow, directCapable
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
 
@@ -63,6 +64,7 @@ class ChatProtocol(LineReceiver):
 
     __slots__ = (
         "_backlog",
+        "_direct",
         "_discarding",
         "_pending",
         "_reason",
@@ -86,6 +88,7 @@ class ChatProtocol(LineReceiver):
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
         self._backlog = _FLOWING
+        self._direct = False  # deliverNow may send on the socket itself
         self._telnet: TelnetFilter | None = None
         self._discarding = False  # skipping the rest of an over-long line
         self._pending: bytes | None = None  # input after an over-long line
@@ -98,6 +101,7 @@ class ChatProtocol(LineReceiver):
         factory = self.factory
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._direct = directCapable(self.transport)
         if factory.config.idleTimeout:
             self.lastActive = factory.clock.seconds()
         factory.server.connect(self)
@@ -188,7 +192,10 @@ class ChatProtocol(LineReceiver):
     def deliver(self, line: bytes) -> None:
         backlog = self._backlog
         if backlog == _FLOWING:
-            self.transport.write(line)  # type: ignore[union-attr]
+            if self._direct:
+                deliverNow(self.transport, line)
+            else:
+                self.transport.write(line)  # type: ignore[union-attr]
         elif backlog >= 0:
             backlog += len(line)
             if backlog > self.factory.queueAllowance:
