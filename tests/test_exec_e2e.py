@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -149,12 +148,17 @@ def resetPeak(pid: int) -> bool:
     return True
 
 
-def readOutput(sock: socket.socket, total: int, slowBytes: int) -> tuple[int, dict[str, Any]]:
+def readOutput(conn: BlockingFramed, total: int, slowBytes: int) -> tuple[int, dict[str, Any]]:
     """Read 1 frames up to X: the first ``slowBytes`` 4 KiB at a time, then 64 KiB
-    at a time; every payload byte must be zero. Returns (bytes, X payload)."""
+    at a time; every payload byte must be zero. Returns (bytes, X payload).
+
+    Starts with what ``conn`` has already read past the frames it returned
+    (output that came with the K frame), then reads its socket directly."""
     import json
 
-    buf = bytearray()
+    sock = conn.sock
+    buf = bytearray(conn.buf)
+    conn.buf = b""
     got = 0
     while True:
         while len(buf) >= 4:
@@ -196,7 +200,7 @@ def test_512_MiB_to_a_slow_reader_keeps_server_memory_bounded(server: Server) ->
 
     waitUntil(stalled, timeout=20, interval=0.05)
     assert written[-1] < 64 * MiB  # pipe, server and socket buffers: no more
-    got, exit = readOutput(conn.sock, total, slowBytes=16 * MiB)
+    got, exit = readOutput(conn, total, slowBytes=16 * MiB)
     conn.close()
     assert got == total
     assert exit == {"code": 0, "signal": None, "timed_out": False}

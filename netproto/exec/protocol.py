@@ -18,11 +18,12 @@ import select
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netproto.errors import ProtocolError
+from netproto.exec.output import FrameWriter
 from netproto.framing import FramedProtocol, FrameHandler, State, decodeJSON
 
 if TYPE_CHECKING:
@@ -117,10 +118,19 @@ class ExecProtocol(FramedProtocol):
         #: Whether the running command still takes ``0`` frames.
         self.stdinOpen = False
         self._closedWaiters: list[Deferred[None]] = []
+        #: Where every frame of this connection goes (see :mod:`netproto.exec.output`).
+        self.output: FrameWriter | None = None
 
     def connectionMade(self) -> None:
+        self.output = FrameWriter(self.transport)
         super().connectionMade()
         self.factory.connections.add(self)
+
+    def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
+        """Every frame, the hello and errors included, goes through :attr:`output`,
+        so that frames sent straight to the socket keep their order."""
+        if self.output is not None:
+            self.output.send(kind, payload)
 
     def whenClosed(self) -> Deferred[None]:
         """Fires once this connection is closed."""
@@ -141,10 +151,10 @@ class ExecProtocol(FramedProtocol):
         prepared = self.factory.policy.prepare(request, user=self.avatar.name, peer=self.peer)
         self.command = self.factory.startCommand(self, prepared, self.avatar.name)
         self.stdinOpen = prepared.stdin
-        # Backpressure: while this connection's send buffer is full, the
+        # Backpressure: while this connection cannot take more, the
         # command's output is not read (and the command blocks on its pipe).
-        assert self.transport is not None
-        IConsumer(self.transport).registerProducer(self.command, True)
+        assert self.output is not None
+        self.output.setOutput(self.command)
 
     def _stdin(self, payload: bytes) -> None:
         command = self.command
@@ -200,8 +210,8 @@ class ExecProtocol(FramedProtocol):
             return
         self.command = None
         self.stdinOpen = False
-        if self.transport is not None:
-            IConsumer(self.transport).unregisterProducer()
+        if self.output is not None and self.transport is not None:
+            self.output.setOutput(None)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         command, self.command = self.command, None

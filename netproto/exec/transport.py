@@ -62,8 +62,19 @@ GIVE_UP_AFTER_KILL: Final = 5.0
 log = Logger()
 
 
-class PipeReader(FileDescriptor):
-    """The parent's end of a command's stdout or stderr, read ``readSize`` bytes at a time."""
+@implementer(IReadDescriptor)
+class PipeReader:
+    """The parent's end of a command's stdout or stderr, read ``readSize`` bytes at a time.
+
+    A bare ``IReadDescriptor``, not a ``FileDescriptor``: it never writes,
+    and its end of file is handled in :meth:`doRead` (no ``Failure`` made,
+    no write machinery torn down), which matters for short commands.
+
+    The pipe starts at the kernel's default size; the first read that finds
+    it full (:data:`~netproto.exec.spawn.DEFAULT_PIPE_SIZE` bytes or more)
+    enlarges it to :data:`~netproto.exec.spawn.PIPE_SIZE`, so only commands
+    that write fast pay for the ``fcntl`` and the larger pipe.
+    """
 
     def __init__(
         self,
@@ -73,41 +84,55 @@ class PipeReader(FileDescriptor):
         received: Callable[[bytes], None],
         closed: Callable[[], None],
     ) -> None:
-        super().__init__(reactor)
+        self.reactor = reactor
         self.fd = fd
         self.readSize = readSize
         self._received = received
         self._closed = closed
-        self.connected = 1
+        self.reading = False
+        self.grown = False
 
     def fileno(self) -> int:
         return self.fd
 
-    def doRead(self) -> object:
+    def startReading(self) -> None:
+        if self.fd >= 0 and not self.reading:
+            self.reading = True
+            self.reactor.addReader(self)
+
+    def stopReading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.reactor.removeReader(self)
+
+    def doRead(self) -> None:
         try:
             data = os.read(self.fd, self.readSize)
         except BlockingIOError:
-            return None
+            return
         except OSError:
-            return main.CONNECTION_LOST
+            self.close()
+            return
         if not data:
-            return main.CONNECTION_DONE
+            self.close()
+            return
+        if not self.grown and len(data) >= _spawn.DEFAULT_PIPE_SIZE:
+            self.grown = True
+            _spawn.setPipeSize(self.fd, _spawn.PIPE_SIZE)
         self._received(data)
-        return None
 
     def connectionLost(self, reason: Failure) -> None:
+        """The reactor saw the pipe hang up (its write end closed, nothing left to read)."""
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading and close (end of file, or the output is unwanted)."""
         if self.fd < 0:
             return
-        super().connectionLost(reason)
+        self.stopReading()
         os.close(self.fd)
         self.fd = -1
         self._closed()
-
-    def close(self) -> None:
-        """Stop reading and close (the command is over or its output is unwanted)."""
-        if self.fd >= 0:
-            self.stopReading()
-            self.connectionLost(Failure(main.CONNECTION_DONE))
 
     def logPrefix(self) -> str:
         return "exec-pipe"
@@ -245,7 +270,7 @@ class CommandTransport:
         self.ended = False
         self.gone = False
         self.terminating = False
-        self._popen = spawned.popen
+        self._child = spawned
         self._openOutputs = 2
         self._paused = False
         self._killTimer: IDelayedCall | None = None
@@ -263,11 +288,11 @@ class CommandTransport:
             1: PipeReader(reactor, spawned.stdout, readSize, self._out, self._outClosed(1)),
             2: PipeReader(reactor, spawned.stderr, readSize, self._err, self._outClosed(2)),
         }
+        # The exit is watched only once both output pipes have closed (see
+        # _maybeEnded): X waits for them anyway, and most commands have
+        # exited by then, which saves a reactor registration per command.
+        self._pidfd = spawned.pidfd
         self._watcher: ExitWatcher | None = None
-        if spawned.pidfd is not None:
-            self._watcher = ExitWatcher(reactor, spawned.pidfd, self._checkExit)
-        else:
-            self._exitTimer = reactor.callLater(EXIT_POLL, self._pollExit)
         proto.makeConnection(self)
         for reader in self._readers.values():
             reader.startReading()
@@ -394,6 +419,9 @@ class CommandTransport:
         if self.ended or self.gone:
             return
         killedFor = self.reactor.seconds() - (self._killedAt or 0.0)
+        self._checkExit()
+        if self.ended or self.gone:
+            return
         if self.returncode is not None:
             _spawn.reapGroup(self.pid)
             if not _spawn.groupAlive(self.pid) or killedFor > GIVE_UP_AFTER_KILL:
@@ -406,16 +434,32 @@ class CommandTransport:
     def loseConnection(self) -> None:
         self.terminate()
 
+    def _watchExit(self) -> None:
+        """Be told when the first process exits: its pidfd on the reactor, else polling."""
+        if self._watcher is not None or self._exitTimer is not None:
+            return
+        if self._pidfd is not None:
+            self._watcher = ExitWatcher(self.reactor, self._pidfd, self._checkExit)
+            self._pidfd = None
+        else:
+            self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
+
     def _checkExit(self) -> None:
         if self.returncode is not None:
             return
-        returncode = self._popen.poll()
+        returncode = self._child.poll()
         if returncode is None:
             return
         self.returncode = returncode
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._exitTimer is not None and self._exitTimer.active():
+            self._exitTimer.cancel()
+        self._exitTimer = None
         self.proto.processExited(self._reason())
         self._maybeEnded()
 
@@ -435,7 +479,14 @@ class CommandTransport:
         return Failure(ProcessTerminated(code, None, None))
 
     def _maybeEnded(self) -> None:
-        if self.ended or self.returncode is None or self._openOutputs:
+        if self.ended or self._openOutputs:
+            return
+        if self.returncode is None:
+            # Both pipes are closed: usually the process has just exited, and
+            # _checkExit comes back here; otherwise wait for its exit.
+            self._checkExit()
+            if self.returncode is None:
+                self._watchExit()
             return
         self.ended = True
         if self._stdin is not None:
@@ -446,6 +497,11 @@ class CommandTransport:
     def _sweep(self) -> None:
         """After the end: reap and end whatever is left of the group, until none is."""
         self._pollTimer = None
+        # Most groups are empty once their first process is reaped: one
+        # signal-0 says so; only a group with members (zombies count) is reaped.
+        if not _spawn.groupAlive(self.pid):
+            self._gone()
+            return
         _spawn.reapGroup(self.pid)
         if not _spawn.groupAlive(self.pid):
             self._gone()
