@@ -117,7 +117,7 @@ def test_server_shutdown_ends_commands_and_waits_for_them(tmp_path: Path) -> Non
         conn.sendJSON(b"R", {"shell": "trap '' TERM; sleep 300 & echo ready; sleep 300"})
         sid = conn.recvJSON(b"K")["pid"]
         assert conn.recv() == (b"1", b"ready\n")
-        assert len(session(sid)) == 3
+        waitUntil(lambda: len(session(sid)) == 3)  # the shell forks the second sleep after echo
         # twistd 26 ends itself with the signal it was stopped by, after a clean shutdown.
         assert twistd.stop() in (0, -signal.SIGTERM)
         assert conn.recvJSON(b"X") == {"code": None, "signal": "KILL", "timed_out": False}

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from netproto.errors import ProtocolError
 from netproto.exec.client import buildRequest, configure, exitStatus
 from netproto.exec.policy import DEFAULT_PATH, ExecPolicy, Prepared
-from netproto.exec.process import CommandProtocol
+from netproto.exec.process import CommandProtocol, exitPayload
 from netproto.exec.protocol import ExecProtocol
 from netproto.exec.server import ExecFactory
 from netproto.exec.spawn import signalName, signalNumber
@@ -266,7 +266,8 @@ class FakeSink:
         self.ended: list[CommandProtocol] = []
 
     def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
-        self.frames.append((kind, payload))
+        # K and X carry JSON; the bridge may encode it itself.
+        self.frames.append((kind, json.loads(payload) if kind in (b"K", b"X") else payload))
 
     def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
         self.frames.append((kind, dict(obj)))
@@ -324,6 +325,22 @@ def test_bridge_sends_K_then_output_on_its_own_stream_then_X() -> None:
         (b"X", {"code": 3, "signal": None, "timed_out": False}),
     ]
     assert sink.ended == [proto]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"code": 0, "signal": None, "timed_out": False},
+        {"code": 255, "signal": None, "timed_out": False},
+        {"code": None, "signal": "KILL", "timed_out": True},
+        {"code": None, "signal": "64", "timed_out": False},
+    ],
+)
+def test_X_payload_is_the_JSON_of_the_exit_fields(fields: dict[str, Any]) -> None:
+    """The hand-made X payload is compact JSON that decodes to the exit fields."""
+    payload = exitPayload(fields)
+    assert json.loads(payload) == fields
+    assert payload == json.dumps(fields, separators=(",", ":")).encode()
 
 
 def test_bridge_splits_chunks_larger_than_a_frame() -> None:

@@ -15,6 +15,7 @@ directly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -52,6 +53,17 @@ def exitFields(reason: Failure, timedOut: bool) -> dict[str, Any]:
     return {"code": code, "signal": sig, "timed_out": timedOut}
 
 
+def exitPayload(fields: Mapping[str, Any]) -> bytes:
+    """:func:`exitFields` as compact JSON, without the ``json`` module's
+    per-call set-up (the X frame of every command)."""
+    code, sig = fields["code"], fields["signal"]
+    return b'{"code":%s,"signal":%s,"timed_out":%s}' % (
+        b"null" if code is None else b"%d" % code,
+        b"null" if sig is None else json.dumps(sig).encode(),
+        b"true" if fields["timed_out"] else b"false",
+    )
+
+
 @implementer(IPushProducer)
 class CommandProtocol(ProcessProtocol):
     """One command's output to frames; see the module docstring.
@@ -79,7 +91,7 @@ class CommandProtocol(ProcessProtocol):
         assert self.transport is not None
         # Twisted's own process transports are push producers too.
         self._producer = IPushProducer(self.transport, None)
-        self.sink.sendJSON(b"K", {"pid": self.transport.pid})
+        self.sink.sendFrame(b"K", b'{"pid":%d}' % self.transport.pid)
         if self.timeout is not None:
             self._timer = self.clock.callLater(self.timeout, self._timeoutPassed)
 
@@ -103,7 +115,7 @@ class CommandProtocol(ProcessProtocol):
             self._timer.cancel()
         self._timer = None
         self.exitFields = exitFields(reason, self.timedOut)
-        self.sink.sendJSON(b"X", self.exitFields)
+        self.sink.sendFrame(b"X", exitPayload(self.exitFields))
         self.sink.commandEnded(self)
 
     # -- requests from the client ---------------------------------------------

@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netproto.errors import ProtocolError
+from netproto.exec.audit import StartLog
 from netproto.exec.output import FrameWriter
 from netproto.framing import FramedProtocol, FrameHandler, State, decodeJSON
 
@@ -120,11 +122,18 @@ class ExecProtocol(FramedProtocol):
         self._closedWaiters: list[Deferred[None]] = []
         #: Where every frame of this connection goes (see :mod:`netproto.exec.output`).
         self.output: FrameWriter | None = None
+        self._startLog: StartLog | None = None
 
     def connectionMade(self) -> None:
         self.output = FrameWriter(self.transport)
         super().connectionMade()
         self.factory.connections.add(self)
+
+    def startLog(self, log: Logger, user: str) -> StartLog:
+        """This connection's log of started commands (see :mod:`netproto.exec.audit`)."""
+        if self._startLog is None:
+            self._startLog = StartLog(log, self.factory.context.reactor, self.peer, user)
+        return self._startLog
 
     def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
         """Every frame, the hello and errors included, goes through :attr:`output`,
@@ -214,6 +223,8 @@ class ExecProtocol(FramedProtocol):
             self.output.setOutput(None)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._startLog is not None:
+            self._startLog.close()
         command, self.command = self.command, None
         if command is not None:
             self.log.info(

@@ -211,13 +211,7 @@ class ExecFactory(FramedFactory):
         # the command as its connection's producer: the other direction).
         if transport.stdinWriter is not None:
             transport.stdinWriter.registerProducer(ClientReading(proto, reactor), True)
-        self.log.info(
-            "exec: {peer} ({user}) started {pid}: {command}",
-            peer=proto.peer,
-            user=user,
-            pid=transport.pid,
-            command=prepared.describe(),
-        )
+        proto.startLog(self.log, user).started(transport.pid, prepared.describe())
         started = reactor.seconds()
         transport.whenGone().addCallback(self._commandGone, transport, user, proto.peer, started)
         return bridge
