@@ -35,16 +35,16 @@ class Harness:
         assert isinstance(proto, ChatProtocol)
         transport = StringTransport(peerAddress=addr)
         proto.makeConnection(transport)
-        self.clock.advance(0)
+        self.clock.advance(self.factory.config.noticeDelay)  # the join notice's wait
         self.transports.append(transport)
         for t in self.transports:  # welcomes and join notices: each test starts after them
             t.clear()
         return proto, transport
 
     def lines(self, transport: StringTransport) -> list[bytes]:
-        """What was written since the last call, once this turn's broadcasts went out,
-        split into lines (each must end with CRLF)."""
-        self.clock.advance(0)
+        """What was written since the last call, once this turn's broadcasts and the room
+        notices waiting for company went out, split into lines (each must end with CRLF)."""
+        self.clock.advance(self.factory.config.noticeDelay)
         return lines(transport)
 
 

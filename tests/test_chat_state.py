@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
+from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -397,26 +396,28 @@ def test_clean_text_keeps_tabs_and_unicode() -> None:
 # -- coalescing: broadcasts of one reactor turn go out together ------------------------
 
 
+NOTICE_DELAY = 0.01
+
+
 class Turn:
-    """A stand-in for ``reactor.callLater(0, f)``: ``end()`` runs what was scheduled."""
+    """The reactor's clock for a room: ``end()`` ends the turn (what ``callLater(0)``
+    scheduled runs), ``wait(s)`` lets ``s`` seconds pass."""
 
     def __init__(self) -> None:
-        self.calls: list[Callable[[], None]] = []
-
-    def __call__(self, f: Callable[[], None]) -> None:
-        self.calls.append(f)
+        self.clock = Clock()
 
     def end(self) -> None:
-        calls, self.calls = self.calls, []
-        for f in calls:
-            f()
+        self.clock.advance(0)
+
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
 
 
 def coalescing(n: int) -> tuple[ChatServer, Turn, list[Fake]]:
     turn = Turn()
-    server = ChatServer(callSoon=turn)
+    server = ChatServer(clock=turn.clock, noticeDelay=NOTICE_DELAY)
     people = connected(server, n)
-    turn.end()
+    turn.wait(NOTICE_DELAY)
     for p in people:
         p.take()
         p.raw.clear()
@@ -499,3 +500,69 @@ def test_a_quitter_first_gets_what_its_room_owed_it() -> None:
     interpret(server, a, "/quit")
     assert a.take() == ["<guest2> before you go", "*** guest1 is now known as leaver"]
     assert b.take() == ["*** guest1 is now known as leaver", "*** leaver has quit (quit)"]
+
+
+def test_a_burst_of_connections_costs_each_member_one_write() -> None:
+    """Joins in one turn go out together: a newcomer's own (excluded) join notice does not
+    flush the room, so each earlier member gets all the notices as one write, and each
+    newcomer gets its welcome, then only the joins that followed its own."""
+    server, turn, (a, b) = coalescing(2)
+    newcomers = [Fake() for _ in range(4)]
+    for n in newcomers:
+        server.connect(n)
+    for n in newcomers:
+        assert len(n.raw) == 1 and n.take()[0].startswith("*** Welcome")
+    turn.wait(NOTICE_DELAY)
+    joins = [f"*** guest{i} has joined #lobby" for i in range(3, 7)]
+    assert len(a.raw) == len(b.raw) == 1 and a.raw[0] is b.raw[0]
+    assert a.take() == joins
+    for i, n in enumerate(newcomers):
+        assert n.take() == joins[i + 1 :]
+        assert len(n.raw) == (2 if i < 3 else 1)
+
+
+def test_room_notices_wait_for_a_message_and_go_out_with_it() -> None:
+    """A join notice is not sent alone on the next turn; a message from the newcomer then
+    carries it: the members get both, in order, in one write."""
+    server, turn, (a, b) = coalescing(2)
+    c = Fake()
+    server.connect(c)
+    turn.end()
+    assert a.raw == []
+    interpret(server, c, "hi all")
+    turn.end()
+    assert len(a.raw) == 1
+    assert a.take() == ["*** guest3 has joined #lobby", "<guest3> hi all"]
+
+
+def test_room_notices_alone_go_out_after_the_notice_delay() -> None:
+    """With no message to wait for, notices go out once the notice delay has passed."""
+    server, turn, (a, b) = coalescing(2)
+    interpret(server, b, "/nick bee")
+    turn.wait(NOTICE_DELAY / 2)
+    assert a.take() == [] and b.take() == []
+    turn.wait(NOTICE_DELAY / 2)
+    assert a.take() == b.take() == ["*** guest2 is now known as bee"]
+
+
+def test_a_direct_line_first_delivers_the_notices_owed_to_its_target() -> None:
+    """A private message to a member due a waiting notice arrives after that notice."""
+    server, turn, (a, b) = coalescing(2)
+    c = Fake()
+    server.connect(c)
+    interpret(server, c, "/msg guest1 psst")
+    assert a.take() == ["*** guest3 has joined #lobby", "*guest3* psst"]
+    turn.wait(NOTICE_DELAY)
+    assert a.take() == [] and b.take() == ["*** guest3 has joined #lobby"]
+
+
+def test_the_welcome_and_the_history_are_one_write() -> None:
+    """A newcomer's welcome and its room's history arrive together, in that order."""
+    server = ChatServer(historyLength=5)
+    (a,) = connected(server, 1)
+    interpret(server, a, "one")
+    interpret(server, a, "two")
+    b = Fake()
+    server.connect(b)
+    assert len(b.raw) == 1
+    assert b.take()[1:] == ["*** history: <guest1> one", "*** history: <guest1> two"]

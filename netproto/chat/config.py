@@ -33,6 +33,11 @@ class ChatConfig:
         household or a NAT share an address but stops one host taking all slots.
     :ivar idleTimeout: seconds without a line before a client is disconnected;
         0 (the default) never disconnects a quiet reader.
+    :ivar noticeDelay: seconds a room notice (join, part, quit, nick change) may
+        wait for a message to go out with; see :class:`netproto.chat.state.ChatRoom`.
+        10 ms is far below what a person notices, and long enough for a client that
+        connects and speaks at once to be heard in the same write as its join.
+        Not a ``twistd`` option: a tuning constant, kept here to be tested.
     """
 
     history: int = 20
@@ -43,6 +48,7 @@ class ChatConfig:
     maxClients: int = 10000
     maxPerAddress: int = 64
     idleTimeout: float = 0.0
+    noticeDelay: float = 0.01
 
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> ChatConfig:

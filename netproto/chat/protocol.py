@@ -50,6 +50,7 @@ SLOW_DOWN = errorLine("slow down")
 _DONE = Failure(ConnectionDone())
 _FLOWING = -1  # _backlog: the transport has room
 _CUT = -2  # _backlog: cut off; everything is dropped until the connection is gone
+_DIRECT = -3  # _backlog: the transport has room, and deliverNow may send on its socket
 
 
 @implementer(IParticipant, IPushProducer)
@@ -88,7 +89,7 @@ class ChatProtocol(LineReceiver):
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
         self._backlog = _FLOWING
-        self._direct = False  # deliverNow may send on the socket itself
+        self._direct = False  # the transport is directCapable: flowing is _DIRECT
         self._telnet: TelnetFilter | None = None
         self._discarding = False  # skipping the rest of an over-long line
         self._pending: bytes | None = None  # input after an over-long line
@@ -101,7 +102,9 @@ class ChatProtocol(LineReceiver):
         factory = self.factory
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._direct = directCapable(self.transport)
+        if directCapable(self.transport):
+            self._direct = True
+            self._backlog = _DIRECT
         if factory.config.idleTimeout:
             self.lastActive = factory.clock.seconds()
         factory.server.connect(self)
@@ -191,11 +194,10 @@ class ChatProtocol(LineReceiver):
 
     def deliver(self, line: bytes) -> None:
         backlog = self._backlog
-        if backlog == _FLOWING:
-            if self._direct:
-                deliverNow(self.transport, line)
-            else:
-                self.transport.write(line)  # type: ignore[union-attr]
+        if backlog == _DIRECT:
+            deliverNow(self.transport, line)
+        elif backlog == _FLOWING:
+            self.transport.write(line)  # type: ignore[union-attr]
         elif backlog >= 0:
             backlog += len(line)
             if backlog > self.factory.queueAllowance:
@@ -234,13 +236,13 @@ class ChatProtocol(LineReceiver):
 
     def pauseProducing(self) -> None:
         """The transport's buffer is full: count what is written from now on."""
-        if self._backlog == _FLOWING:
+        if self._backlog in (_FLOWING, _DIRECT):
             self._backlog = 0
 
     def resumeProducing(self) -> None:
         """The transport's buffer is empty again."""
         if self._backlog >= 0:
-            self._backlog = _FLOWING
+            self._backlog = _DIRECT if self._direct else _FLOWING
 
     def stopProducing(self) -> None:
         """The connection is gone; :meth:`connectionLost` does the rest."""

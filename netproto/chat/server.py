@@ -58,7 +58,7 @@ class ChatFactory(ServerFactory):
         self.config = config
         self.clock = clock
         if server is None:
-            server = ChatServer(config.history, callSoon=lambda f: clock.callLater(0, clock.callLater, 0, f))
+            server = ChatServer(config.history, clock, config.noticeDelay)
         self.server = server
         self.clients = 0
         self.perAddress: dict[str, int] = {}

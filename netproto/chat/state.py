@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface
 
 CRLF = b"\r\n"
@@ -37,6 +38,10 @@ HISTORY_PREFIX = b"*** history: "
 #: ``/who`` and ``/rooms`` answers are split into lines of about this many characters,
 #: so a room of thousands never produces one line no client can show.
 LIST_LINE = 400
+
+# ChatRoom._scheduled bits: a flush is pending for the next turn / after the notice delay.
+_SOON = 1
+_LATER = 2
 
 # C0 and C1 control characters and DEL, except TAB: relayed to other people's
 # terminals they could move the cursor, change colours or retitle windows.
@@ -136,23 +141,38 @@ class ChatRoom:
         broadcast reaches the oldest member first and the newest last.
     :ivar history: the last messages (encoded lines), or None when history is off.
 
-    Without ``callSoon`` every broadcast is delivered at once. With it (the server
-    passes ``reactor.callLater(0, ...)``), broadcasts made during one reactor turn
-    wait in an outbox and :meth:`flush` sends them together: each member gets ONE
-    ``bytes`` object per turn, the same object for every member who is due the same
-    lines. Twisted's transport then writes it without copying, however many lines
-    and members there are; a burst of joins or messages costs one write per member,
-    not one per line per member. Members who joined during the turn, and senders
-    (who never get their own messages back), get their own shorter join of the
-    lines meant for them. Per member, the order of lines is the order of events:
-    see :meth:`ChatServer.send`.
+    Without a clock every broadcast is delivered at once. With one (the server
+    passes its reactor), broadcasts wait in an outbox and :meth:`flush` sends them
+    together: each member gets ONE ``bytes`` object per flush, the same object for
+    every member who is due the same lines. Twisted's transport then writes it
+    without copying, however many lines and members there are; a burst of joins
+    or messages costs one write per member, not one per line per member. Members
+    who joined since the last flush, and senders (who never get their own messages
+    back), get their own shorter join of the lines meant for them. Per member, the
+    order of lines is the order of events: see :meth:`ChatServer.send`.
+
+    When the outbox is flushed:
+
+    - a message (``<NICK> TEXT``, ``* NICK TEXT``) is flushed on the reactor's next
+      turn (``callLater(0)``);
+    - room notices alone (joins, parts, quits, nick changes) wait up to
+      ``noticeDelay`` seconds, or until a message or a direct line to a member due
+      them flushes the outbox, whichever comes first. Nobody needs to know of a
+      join within milliseconds, and notices come in bursts (a restart reconnects
+      every client at once: N joins to N members). Above all a client that
+      connects and speaks at once, the usual bot, costs the room ONE write per
+      member for its join notice and its line instead of two: the delay lets the
+      reactor wait for the line instead of sending the join notice alone
+      (the latency measurements in docs/performance.md).
     """
 
     __slots__ = (
         "_busy",
-        "_callSoon",
+        "_clock",
         "_newcomers",
+        "_noticeDelay",
         "_outbox",
+        "_scheduled",
         "history",
         "members",
         "name",
@@ -162,13 +182,17 @@ class ChatRoom:
         self,
         name: str,
         historyLength: int,
-        callSoon: Callable[[Callable[[], None]], object] | None = None,
+        clock: IReactorTime | None = None,
+        noticeDelay: float = 0.0,
     ) -> None:
         self.name = name
         self.members: dict[IParticipant, None] = {}
         self.history: deque[bytes] | None = deque(maxlen=historyLength) if historyLength else None
         self._busy = 0  # deliveries in progress, iterating over self.members
-        self._callSoon = callSoon
+        self._clock = clock
+        self._noticeDelay = noticeDelay
+        #: _SOON and/or _LATER: the flush calls pending on the clock (at most one of each)
+        self._scheduled = 0
         #: (line, the member it is not for) in broadcast order, until the flush.
         self._outbox: list[tuple[bytes, IParticipant | None]] = []
         #: members who joined while the outbox held lines -> how many were not for them
@@ -199,9 +223,15 @@ class ChatRoom:
             self.members = dict(self.members)
         return self.members
 
-    def broadcast(self, line: bytes, exclude: IParticipant | None = None) -> None:
-        """``line`` to every member but ``exclude``, oldest member first."""
-        if self._callSoon is None:
+    def broadcast(
+        self, line: bytes, exclude: IParticipant | None = None, *, roomNotice: bool = False
+    ) -> None:
+        """``line`` to every member but ``exclude``, oldest member first.
+
+        ``roomNotice``: a room notice, which may wait for a message (see the class).
+        """
+        clock = self._clock
+        if clock is None:
             self._busy += 1
             try:
                 for member in self.members:
@@ -210,9 +240,24 @@ class ChatRoom:
             finally:
                 self._busy -= 1
             return
-        if not self._outbox:
-            self._callSoon(self.flush)
         self._outbox.append((line, exclude))
+        scheduled = self._scheduled
+        if scheduled & _SOON:
+            return  # everything goes on the next turn anyway
+        if not roomNotice or not self._noticeDelay:
+            self._scheduled = scheduled | _SOON
+            clock.callLater(0, self._flushSoon)
+        elif not scheduled & _LATER:
+            self._scheduled = scheduled | _LATER
+            clock.callLater(self._noticeDelay, self._flushLater)
+
+    def _flushSoon(self) -> None:
+        self._scheduled &= ~_SOON
+        self.flush()
+
+    def _flushLater(self) -> None:
+        self._scheduled &= ~_LATER
+        self.flush()
 
     def owes(self, participant: IParticipant) -> bool:
         """Whether the outbox holds a line for ``participant``.
@@ -228,21 +273,30 @@ class ChatRoom:
         return False
 
     def flush(self) -> None:
-        """Deliver the outbox now (it is called by ``callSoon``, or early when order needs it)."""
+        """Deliver the outbox now (called from the clock, or early when order needs it).
+
+        A call still pending on the clock then finds the outbox empty, or flushes
+        what came since, a little early: never later than promised.
+        """
         outbox = self._outbox
         if not outbox:
             return
         newcomers = self._newcomers
         self._outbox, self._newcomers = [], {}
         full = outbox[0][0] if len(outbox) == 1 else b"".join([line for line, _ in outbox])
-        senders = {sender for _, sender in outbox}
+        # Members due something else than `full`: senders (never sent their own lines)
+        # and newcomers (not sent what preceded their join). Everyone else takes the
+        # first branch: one set lookup and one call per member.
+        special = {sender for _, sender in outbox}
+        if newcomers:
+            special.update(newcomers)
         self._busy += 1
         try:
             for member in self.members:
-                start = newcomers.get(member, 0) if newcomers else 0
-                if not start and member not in senders:
+                if member not in special:
                     member.deliver(full)
                 else:
+                    start = newcomers.get(member, 0)
                     own = b"".join([line for line, x in outbox[start:] if x is not member])
                     if own:
                         member.deliver(own)
@@ -259,18 +313,20 @@ class ChatServer:
     who receives which line.
 
     :param historyLength: messages per room replayed to a joiner (0: none).
-    :param callSoon: schedules a call for the end of the current reactor turn (e.g.
-        ``lambda f: reactor.callLater(0, f)``), so rooms coalesce their broadcasts
+    :param clock: the reactor (``callLater``), so rooms coalesce their broadcasts
         (see :class:`ChatRoom`); None delivers every line at once.
+    :param noticeDelay: seconds a room notice may wait for company (see :class:`ChatRoom`).
     """
 
     def __init__(
         self,
         historyLength: int = 20,
-        callSoon: Callable[[Callable[[], None]], object] | None = None,
+        clock: IReactorTime | None = None,
+        noticeDelay: float = 0.0,
     ) -> None:
         self.historyLength = historyLength
-        self.callSoon = callSoon
+        self.clock = clock
+        self.noticeDelay = noticeDelay
         #: nameKey(nick) -> participant: every connected participant.
         self.nicks: dict[str, IParticipant] = {}
         #: nameKey(room name) -> room; a room exists while it has members.
@@ -285,14 +341,13 @@ class ChatServer:
         participant.nick = nick
         self.nicks[nameKey(nick)] = participant
         room = self._enter(participant, LOBBY)
-        room.broadcast(notice(f"{nick} has joined {room.label}"), exclude=participant)
-        self.send(
-            participant,
-            notice(
-                f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands."
-            ),
+        room.broadcast(
+            notice(f"{nick} has joined {room.label}"), exclude=participant, roomNotice=True
         )
-        self._replay(room, participant)
+        welcome = notice(
+            f"Welcome to netproto chat. You are {nick} in {room.label}. /help for commands."
+        )
+        self.send(participant, welcome + self._history(room))
 
     def disconnect(self, participant: IParticipant, reason: str) -> None:
         """Remove ``participant`` and tell its room ``*** NICK has quit (REASON)``.
@@ -304,7 +359,9 @@ class ChatServer:
             return
         self._leave(participant, room)
         del self.nicks[nameKey(participant.nick)]
-        room.broadcast(notice(f"{participant.nick} has quit ({cleanText(reason) or 'quit'})"))
+        room.broadcast(
+            notice(f"{participant.nick} has quit ({cleanText(reason) or 'quit'})"), roomNotice=True
+        )
 
     def quit(self, participant: IParticipant, reason: str) -> None:
         """``/quit``: the others hear of it first, then the participant is closed."""
@@ -382,7 +439,7 @@ class ChatServer:
         self.nicks[key] = participant
         participant.nick = new
         if participant.room is not None:
-            participant.room.broadcast(notice(f"{old} is now known as {new}"))
+            participant.room.broadcast(notice(f"{old} is now known as {new}"), roomNotice=True)
 
     def join(self, participant: IParticipant, name: str) -> None:
         """``/join ROOM``: leave the current room (its members and the participant see
@@ -403,13 +460,12 @@ class ChatServer:
         old.flush()  # what the old room owes the mover, before it goes
         self._leave(participant, old)
         left = notice(f"{participant.nick} has left {old.label}")
-        old.broadcast(left)
+        old.broadcast(left, roomNotice=True)
         self.send(participant, left)
         room = self._enter(participant, roomName)
         joined = notice(f"{participant.nick} has joined {room.label}")
-        room.broadcast(joined, exclude=participant)
-        self.send(participant, joined)
-        self._replay(room, participant)
+        room.broadcast(joined, exclude=participant, roomNotice=True)
+        self.send(participant, joined + self._history(room))
 
     def who(self, participant: IParticipant) -> None:
         """``/who``: the nicks in the participant's room, in join order."""
@@ -440,7 +496,9 @@ class ChatServer:
         key = nameKey(name)
         room = self.rooms.get(key)
         if room is None:
-            room = self.rooms[key] = ChatRoom(name, self.historyLength, self.callSoon)
+            room = self.rooms[key] = ChatRoom(
+                name, self.historyLength, self.clock, self.noticeDelay
+            )
         room.add(participant)
         participant.room = room
         return room
@@ -451,7 +509,9 @@ class ChatServer:
         if not room.members:
             del self.rooms[nameKey(room.name)]
 
-    def _replay(self, room: ChatRoom, participant: IParticipant) -> None:
-        if room.history:
-            for line in tuple(room.history):
-                self.send(participant, HISTORY_PREFIX + line)
+    def _history(self, room: ChatRoom) -> bytes:
+        """The room's history as replayed to a joiner: sent with its welcome or join
+        notice as one write."""
+        if not room.history:
+            return b""
+        return b"".join([HISTORY_PREFIX + line for line in room.history])
