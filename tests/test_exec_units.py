@@ -3,10 +3,11 @@ calls made by hand, time on a Clock) and the connection on a StringTransport."""
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -22,7 +23,7 @@ from netproto.exec.policy import DEFAULT_PATH, ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol, exitPayload
 from netproto.exec.protocol import ExecProtocol
 from netproto.exec.server import ExecFactory
-from netproto.exec.spawn import signalName, signalNumber
+from netproto.exec.spawn import PosixSpawner, signalName, signalNumber
 from netproto.framing import FrameDecoder, encodeFrame
 from tests.support import makeContext, token
 
@@ -554,3 +555,194 @@ def test_client_exit_status_follows_ssh() -> None:
     assert exitStatus({"code": None, "signal": "INT"}) == 130
     assert exitStatus({"code": None, "signal": "NOPE"}) == 255
     assert exitStatus({}) == 255
+
+
+# -- frames straight to the socket ---------------------------------------------------
+
+
+class ChunkySocket:
+    """A socket that takes at most ``room`` bytes per call (0: would block)."""
+
+    def __init__(self) -> None:
+        self.room = 1 << 30
+        self.sent = bytearray()
+
+    def _take(self, data: bytes) -> int:
+        if self.room <= 0:
+            raise BlockingIOError()
+        n = min(self.room, len(data))
+        self.sent += data[:n]
+        return n
+
+    def send(self, data: bytes) -> int:
+        return self._take(data)
+
+    def sendmsg(self, buffers: list[bytes]) -> int:
+        return self._take(b"".join(buffers))
+
+
+class DrainableTransport(StringTransport):
+    """A StringTransport whose buffer the test drains, telling a pull producer as Twisted does."""
+
+    connected = True
+
+    def drain(self) -> bytes:
+        data: bytes = self.value()
+        self.clear()
+        if self.producer is not None and not self.streaming:
+            self.producer.resumeProducing()
+        return data
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        if not streaming:
+            producer.resumeProducing()  # as FileDescriptor does
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_direct_frames_keep_their_order_and_pause_output_while_queued(seed: int) -> None:
+    """Frames go to the socket while nothing is queued; the rest of a frame the
+    socket did not take, and every frame after it, go through the transport, the
+    output is paused until the transport has drained, and the byte stream is
+    exactly the frames in order."""
+    import random
+
+    from netproto.exec.output import FrameWriter
+
+    rng = random.Random(seed)
+    transport = DrainableTransport()
+    writer = FrameWriter(transport)
+    sock = ChunkySocket()
+    writer.socket = sock  # type: ignore[assignment]
+    output = FakeProcess()
+    writer.setOutput(output)
+    expected = bytearray()
+    received = bytearray()
+    for i in range(200):
+        sock.room = rng.choice([0, 3, 100, 5000, 1 << 30])
+        payload = bytes([i % 256]) * rng.choice([0, 10, 4095, 4096, 70000])
+        writer.send(b"1", payload)
+        expected += encodeFrame(b"1", payload)
+        received[:] = sock.sent
+        if writer.queued:
+            assert output.calls[-1] == ("pause", None)
+            assert transport.producer is writer
+            if rng.random() < 0.5:
+                sock.sent += transport.drain()
+                assert not writer.queued and output.calls[-1] == ("resume", None)
+                assert transport.producer is None
+    sock.sent += transport.drain()
+    assert bytes(sock.sent) == bytes(expected)
+
+
+def test_frame_writer_uses_the_transport_when_it_is_not_a_plain_socket() -> None:
+    """On any other transport (TLS, test transports) every frame is written to
+    it, and the output is its streaming producer."""
+    from netproto.exec.output import FrameWriter
+
+    transport = StringTransport()
+    writer = FrameWriter(transport)
+    assert not writer.direct
+    output = FakeProcess()
+    writer.setOutput(output)
+    assert transport.producer is output and transport.streaming
+    writer.send(b"K", b"{}")
+    assert transport.value() == encodeFrame(b"K", b"{}")
+    writer.setOutput(None)
+    assert transport.producer is None
+
+
+# -- the log of started commands -------------------------------------------------------
+
+
+def test_started_commands_are_all_logged_in_few_lines() -> None:
+    """The first command is logged at once; those within the next second are
+    logged together when it ends, or once 100 wait; closing logs the rest."""
+    from twisted.logger import ILogObserver, Logger
+
+    from netproto.exec.audit import StartLog
+
+    events: list[dict[str, Any]] = []
+    clock = Clock()
+    log = StartLog(
+        Logger(observer=cast(ILogObserver, events.append)), clock, "127.0.0.1:9", "alice"
+    )
+    log.started(1, "true")
+    assert len(events) == 1 and events[0]["pid"] == 1 and events[0]["peer"] == "127.0.0.1:9"
+    for pid in range(2, 5):
+        log.started(pid, "echo hi")
+    assert len(events) == 1
+    clock.advance(1.0)
+    assert len(events) == 2 and events[1]["count"] == 3
+    assert events[1]["commands"] == "2 'echo hi', 3 'echo hi', 4 'echo hi'"
+    for pid in range(5, 5 + StartLog.batch):
+        log.started(pid, "true")
+    assert len(events) == 3 and events[2]["count"] == StartLog.batch
+    log.started(999, "last")
+    log.close()
+    assert events[-1]["commands"] == "999 'last'"
+    assert not clock.getDelayedCalls()
+
+
+# -- starting processes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spawner", [True, False], ids=["posix_spawn", "Popen"])
+def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner: bool) -> None:
+    """Both ways of starting a command give it its own session, the cwd, only the
+    given environment, stdin from /dev/null, no other open descriptor of ours,
+    and signals at their defaults; a missing program or cwd is an OSError."""
+    import os
+    import signal as signals
+
+    from netproto.exec.spawn import spawn
+
+    if spawner and PosixSpawner.available() is None:
+        pytest.skip("no posix_spawn with chdir and closefrom here")
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        script = (
+            'echo "$$ $(ps -o sid= -p $$) $(pwd) $NAME ${SECRET:-none}"; '
+            "ls /proc/$$/fd | tr '\\n' ' '; echo; grep SigIgn /proc/$$/status; cat"
+        )
+        child = spawn(
+            "/bin/sh",
+            ["sh", "-c", script],
+            env={"PATH": "/usr/bin:/bin", "NAME": "value"},
+            cwd=str(tmp_path),
+            stdin=False,
+            devnull=devnull,
+            spawner=spawner,
+        )
+        os.set_blocking(child.stdout, True)
+        out = b""
+        while chunk := os.read(child.stdout, 4096):
+            out += chunk
+        os.close(child.stdout)
+        os.close(child.stderr)
+        while child.poll() is None:
+            os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        if child.pidfd is not None:
+            os.close(child.pidfd)
+        first, fds, sigign = out.decode().splitlines()
+        pid, sid, cwd, name, secret = first.split()
+        assert int(pid) == int(sid) == child.pid
+        assert (cwd, name, secret) == (str(tmp_path), "value", "none")
+        assert set(fds.split()) <= {"0", "1", "2", "3"}  # 3: ls's own directory
+        assert int(sigign.split()[1], 16) & (1 << (signals.SIGPIPE - 1)) == 0
+        assert child.returncode == 0
+        for bad in ({"executable": "/no/such/program"}, {"cwd": str(tmp_path / "nope")}):
+            args: dict[str, Any] = {"executable": "/bin/true", "cwd": str(tmp_path)} | bad
+            with pytest.raises(FileNotFoundError) as info:
+                spawn(
+                    args["executable"],
+                    ["x"],
+                    env={},
+                    cwd=args["cwd"],
+                    stdin=False,
+                    devnull=devnull,
+                    spawner=spawner,
+                )
+            assert info.value.errno == errno.ENOENT
+    finally:
+        os.close(devnull)
