@@ -83,9 +83,14 @@ def encodeFrame(kind: bytes, payload: bytes = b"") -> bytes:
     return HEADER.pack(len(payload) + 1) + kind + payload
 
 
+# One encoder for every control payload: json.dumps with non-default
+# arguments builds a new encoder on each call.
+_JSON_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encodeJSON(obj: Mapping[str, Any]) -> bytes:
     """The compact UTF-8 JSON used for every control payload."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _JSON_ENCODER.encode(obj).encode("utf-8")
 
 
 def decodeJSON(payload: bytes) -> dict[str, Any]:
