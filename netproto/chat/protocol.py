@@ -23,6 +23,7 @@ idle member costs a few hundred bytes above Twisted's own transport.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
@@ -33,7 +34,7 @@ from zope.interface import implementer
 
 from netproto.addresses import describePeer
 from netproto.chat.commands import interpret
-from netproto.chat.direct import deliverNow, directCapable
+from netproto.chat.direct import directSocket, holdsNothing
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
 
@@ -50,7 +51,7 @@ SLOW_DOWN = errorLine("slow down")
 _DONE = Failure(ConnectionDone())
 _FLOWING = -1  # _backlog: the transport has room
 _CUT = -2  # _backlog: cut off; everything is dropped until the connection is gone
-_DIRECT = -3  # _backlog: the transport has room, and deliverNow may send on its socket
+_DIRECT = -3  # _backlog: Twisted holds nothing for the connection: send on its socket
 
 
 @implementer(IParticipant, IPushProducer)
@@ -65,10 +66,10 @@ class ChatProtocol(LineReceiver):
 
     __slots__ = (
         "_backlog",
-        "_direct",
         "_discarding",
         "_pending",
         "_reason",
+        "_socket",
         "_tat",
         "_telnet",
         "_throttled",
@@ -89,7 +90,7 @@ class ChatProtocol(LineReceiver):
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
         self._backlog = _FLOWING
-        self._direct = False  # the transport is directCapable: flowing is _DIRECT
+        self._socket: socket.socket | None = None  # the socket deliver may send on itself
         self._telnet: TelnetFilter | None = None
         self._discarding = False  # skipping the rest of an over-long line
         self._pending: bytes | None = None  # input after an over-long line
@@ -102,8 +103,8 @@ class ChatProtocol(LineReceiver):
         factory = self.factory
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        if directCapable(self.transport):
-            self._direct = True
+        self._socket = directSocket(self.transport)
+        if self._socket is not None:
             self._backlog = _DIRECT
         if factory.config.idleTimeout:
             self.lastActive = factory.clock.seconds()
@@ -139,8 +140,7 @@ class ChatProtocol(LineReceiver):
             if not telnet.idle or b"\xff" in data:
                 data, reply = telnet.feed(data)
                 if reply:
-                    assert self.transport is not None
-                    self.transport.write(reply)
+                    self.deliver(reply)  # the one output path (see deliver)
         while data:
             if self._discarding:
                 cut = data.find(b"\n")
@@ -193,11 +193,30 @@ class ChatProtocol(LineReceiver):
     # -- output: IParticipant --------------------------------------------------------
 
     def deliver(self, line: bytes) -> None:
+        """Send ``line``: the one path by which this connection's output leaves.
+
+        While Twisted holds nothing for the connection (``_DIRECT``), one ``send``
+        on the socket; the rest of it, if the kernel took only part, and everything
+        after that, through ``transport.write`` behind what Twisted holds, until its
+        buffer is empty again. Once Twisted reports its buffer full, what is
+        written is counted and past ``--chat-max-queue`` the client is cut off.
+        See :mod:`netproto.chat.direct`.
+        """
         backlog = self._backlog
         if backlog == _DIRECT:
-            deliverNow(self.transport, line)
+            try:
+                sent = self._socket.send(line)  # type: ignore[union-attr]
+            except OSError:  # EAGAIN, ENOBUFS or a dead connection: Twisted finds out
+                sent = 0
+            if sent != len(line):
+                self._backlog = _FLOWING  # first, as the write may pause us
+                self.transport.write(line[sent:] if sent else line)  # type: ignore[union-attr]
         elif backlog == _FLOWING:
-            self.transport.write(line)  # type: ignore[union-attr]
+            if self._socket is not None and holdsNothing(self.transport):
+                self._backlog = _DIRECT
+                self.deliver(line)
+            else:
+                self.transport.write(line)  # type: ignore[union-attr]
         elif backlog >= 0:
             backlog += len(line)
             if backlog > self.factory.queueAllowance:
@@ -242,7 +261,7 @@ class ChatProtocol(LineReceiver):
     def resumeProducing(self) -> None:
         """The transport's buffer is empty again."""
         if self._backlog >= 0:
-            self._backlog = _DIRECT if self._direct else _FLOWING
+            self._backlog = _FLOWING  # deliver finds the buffer empty: _DIRECT
 
     def stopProducing(self) -> None:
         """The connection is gone; :meth:`connectionLost` does the rest."""
