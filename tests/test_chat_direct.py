@@ -78,12 +78,14 @@ def loop() -> Iterator[Loop]:
 async def test_twisted_tcp_transport_is_as_direct_sends_assume(loop: Loop) -> None:
     """Twisted's TCP server transport is the exact class direct sends know; its handle is the
     socket; ``write`` buffers in ``dataBuffer``/``_tempDataBuffer``, which are empty again once
-    the reactor has sent them. If an upgrade changes this, direct sends must be revisited."""
+    the reactor has sent them. If an upgrade changes this, direct sends must be revisited.
+    (And chat connections have Nagle's algorithm off.)"""
     s, proto = await loop.connect()
     transport: Any = proto.transport
     assert type(transport) is tcp.Server
     assert directSocket(transport) is transport.getHandle()
     assert proto._backlog == _DIRECT
+    assert transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     assert holdsNothing(transport)
     transport.write(b"queued\r\n")
     assert not holdsNothing(transport)

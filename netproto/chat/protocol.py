@@ -16,6 +16,9 @@ What it adds to the plain line splitting, each because a real client needs it:
   threshold and (``resumeProducing``) when it is empty again. In between, the
   bytes written are counted; past ``--chat-max-queue`` the client is cut off
   (``abortConnection``: its buffer is freed at once). Nobody else waits for it.
+- Output leaves at once: while Twisted holds nothing for the connection, a delivery
+  is one ``send`` on its socket instead of a write on the next reactor turn
+  (:mod:`netproto.chat.direct`), and TCP connections have Nagle's algorithm off.
 
 Per-connection state is a handful of slots, allocated nothing until needed: an
 idle member costs a few hundred bytes above Twisted's own transport.
@@ -27,7 +30,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -106,6 +109,11 @@ class ChatProtocol(LineReceiver):
         self._socket = directSocket(self.transport)
         if self._socket is not None:
             self._backlog = _DIRECT
+        if ITCPTransport.providedBy(self.transport):
+            # Lines go out as written: a line must not wait, under Nagle's algorithm,
+            # for the client's (possibly delayed) acknowledgement of the previous one.
+            # Rooms already coalesce what a turn sends to one write per member.
+            self.transport.setTcpNoDelay(True)
         if factory.config.idleTimeout:
             self.lastActive = factory.clock.seconds()
         factory.server.connect(self)
