@@ -424,3 +424,35 @@ async def test_a_command_that_does_not_read_stdin_stops_reading_the_client(
         assert buffered(writer) <= writer.bufferSize + server.factory.maxFrame + 65536
         ITCPTransport(client.transport).abortConnection()
         await eventually(lambda: not server.factory.commands, timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_that_closes_its_output_early_gets_its_X_when_it_exits(
+    tmp_path: Path,
+) -> None:
+    """Once both output pipes close, the exit is watched (through a pidfd opened
+    only then): a command that closes them and runs on still gets its own code
+    in X, after it exits, and its group is gone."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        result = await run(client, {"shell": "exec >&- 2>&-; sleep 0.3; exit 7"})
+        assert result.exit == {"code": 7, "signal": None, "timed_out": False}
+        assert result.out == b"" and result.err == b""
+        await eventually(lambda: groupGone(result.pid), 10)
+        again = await run(client, {"argv": ["true"]})
+        assert again.exit["code"] == 0
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_shutdown_trigger_is_let_go_once_the_factory_has_stopped(
+    tmp_path: Path,
+) -> None:
+    """The factory keeps its 'before shutdown' trigger between commands (cheaper
+    than once per command), and drops it when it stops with nothing running."""
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        await run(client, {"argv": ["true"]})
+        assert server.factory._trigger is not None
+        client.close()
+    await eventually(lambda: server.factory._trigger is None, 5)

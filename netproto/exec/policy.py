@@ -31,7 +31,8 @@ import fnmatch
 import os
 import pwd
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,6 +57,78 @@ DEFAULT_KILL_GRACE: Final = 5.0
 #: Longest argv or shell text, in bytes: the kernel's own limit is larger,
 #: but a request must fit in one pre-allocated frame anyway.
 MAX_ARGS_BYTES: Final = 128 * 1024
+
+
+#: A directory changed this recently (seconds) is not trusted to show its next
+#: change in its mtime (file systems stamp with a coarse clock): lookups on it
+#: are not cached.
+PATH_SETTLE: Final = 2.0
+
+
+def _stamp(directory: str) -> tuple[int, int, int] | None:
+    """What changes when an entry is added to, removed from or renamed in ``directory``."""
+    try:
+        st = os.stat(directory or ".")
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+class PathCache:
+    """``shutil.which`` with its answers remembered, for the ``R`` of every command.
+
+    A lookup walks the ``PATH`` directories with several ``stat`` calls each
+    and a good deal of Python; a client running short commands in a loop
+    asks the same question every time. An answer is kept per
+    ``(name, PATH, cwd)`` with the ``mtime`` (and inode) of each directory
+    that decided it: every directory for "not found", those up to the one it
+    was found in otherwise. It is used again only while those directories
+    are unchanged, so a program installed (or removed) since is noticed at
+    the next request, at the price of one ``stat`` per directory. Directories
+    modified within :data:`PATH_SETTLE` seconds are never trusted, since a
+    coarse time stamp could hide a second change. A program whose mode
+    changes in place is not noticed; starting it then fails with
+    ``not-allowed`` or ``not-found`` all the same.
+
+    :param clock: the wall clock (directory mtimes are wall-clock times).
+    """
+
+    limit: int = 256
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._entries: dict[
+            tuple[str, str, str],
+            tuple[str | None, tuple[tuple[str, tuple[int, int, int] | None], ...]],
+        ] = {}
+
+    def which(self, name: str, path: str, cwd: str) -> str | None:
+        """The normalised path of ``name`` on ``path`` (relative entries from ``cwd``), or None."""
+        key = (name, path, cwd)
+        entry = self._entries.get(key)
+        if entry is not None:
+            found, stamps = entry
+            for directory, stamp in stamps:
+                if _stamp(directory) != stamp:
+                    break
+            else:
+                return found
+            del self._entries[key]
+        dirs = path.split(os.pathsep)
+        before = [(d, _stamp(d)) for d in dirs]
+        raw = shutil.which(name, path=path)
+        found = None if raw is None else os.path.normpath(os.path.join(cwd, raw))
+        if raw is not None:
+            for i, d in enumerate(dirs):
+                if os.path.join(d, name) == raw:
+                    before = before[: i + 1]
+                    break
+        settled = (self.clock() - PATH_SETTLE) * 1e9
+        if all(stamp is None or stamp[0] < settled for _, stamp in before):
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[key] = (found, tuple(before))
+        return found
 
 
 @dataclass(frozen=True)
@@ -116,6 +189,8 @@ class ExecPolicy:
     baseEnv: Mapping[str, str] = field(default_factory=dict)
     envAccept: tuple[str, ...] = ("*",)
     killGrace: float = DEFAULT_KILL_GRACE
+    #: Program lookups on ``PATH`` (see :class:`PathCache`).
+    paths: PathCache = field(default_factory=PathCache, compare=False, repr=False)
 
     @classmethod
     def fromOptions(
@@ -293,10 +368,10 @@ class ExecPolicy:
             if os.path.isdir(candidate) or not os.access(candidate, os.X_OK):
                 raise ProtocolError("not-allowed", f"not an executable file: {program}")
             return candidate
-        found = shutil.which(program, path=path)
+        found = self.paths.which(program, path, cwd)
         if found is None:
             raise ProtocolError("not-found", f"no such program on PATH: {program}")
-        return os.path.normpath(os.path.join(cwd, found))
+        return found
 
     def _allowed(self, executable: str, path: str, cwd: str) -> bool:
         """Whether ``executable`` is one an ``--exec-allow`` entry names.
@@ -309,7 +384,6 @@ class ExecPolicy:
                 if os.path.normpath(entry) == executable:
                     return True
                 continue
-            found = shutil.which(entry, path=path)
-            if found is not None and os.path.normpath(os.path.join(cwd, found)) == executable:
+            if self.paths.which(entry, path, cwd) == executable:
                 return True
         return False

@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Final
 
 from twisted.internet import process as twistedProcess
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -105,12 +105,20 @@ class ExecFactory(FramedFactory):
         """No new commands; end the running ones (shutdown waits for them, see the module)."""
         self.closing = True
         self.endAll()
+        if not self.commands:
+            self._dropTrigger()
         if self._strayReaper is not None and self._strayReaper.running:
             self._strayReaper.stop()
         self._strayReaper = None
         if self._devnull is not None:
             os.close(self._devnull)
             self._devnull = None
+
+    def _dropTrigger(self) -> None:
+        """Unregister the shutdown trigger (the factory has stopped and nothing runs)."""
+        if self._trigger is not None and not self._triggerFired:
+            self.context.reactor.removeSystemEventTrigger(self._trigger)
+        self._trigger = None
 
     def _reapStrays(self) -> None:
         """Reap processes that left a command's group, were orphaned to us and exited."""
@@ -134,6 +142,11 @@ class ExecFactory(FramedFactory):
         self._triggerFired = True
         self._trigger = None
         self.closing = True
+        if not self.commands:
+            # The trigger stays registered between commands (adding and
+            # removing it per command costs); with none running, it has
+            # nothing to wait for.
+            return succeed(None)
         if self.commands:
             self.log.info(
                 "exec: shutting down: ending {count} command(s)", count=len(self.commands)
@@ -192,6 +205,7 @@ class ExecFactory(FramedFactory):
                 cwd=prepared.cwd,
                 stdin=prepared.stdin,
                 devnull=self._devnull,
+                pidfd=False,
             )
         except OSError as e:
             code = SPAWN_ERRORS.get(e.errno or 0, "not-found")
@@ -213,11 +227,12 @@ class ExecFactory(FramedFactory):
             transport.stdinWriter.registerProducer(ClientReading(proto, reactor), True)
         proto.startLog(self.log, user).started(transport.pid, prepared.describe())
         started = reactor.seconds()
-        transport.whenGone().addCallback(self._commandGone, transport, user, proto.peer, started)
+        peer = proto.peer
+        transport.onGone = lambda: self._commandGone(transport, user, peer, started)
         return bridge
 
     def _commandGone(
-        self, _: None, transport: CommandTransport, user: str, peer: str, started: float
+        self, transport: CommandTransport, user: str, peer: str, started: float
     ) -> None:
         self.commands.pop(transport.pid, None)
         self.perUser[user] -= 1
@@ -238,9 +253,8 @@ class ExecFactory(FramedFactory):
                 how=fields if fields is not None else "not reported",
                 seconds=self.context.reactor.seconds() - started,
             )
-        if not self.commands and self._trigger is not None and not self._triggerFired:
-            self.context.reactor.removeSystemEventTrigger(self._trigger)
-            self._trigger = None
+        if self.closing and not self.commands:
+            self._dropTrigger()
 
 
 def makeFactory(context: ServerContext) -> ExecFactory:

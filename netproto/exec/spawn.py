@@ -239,6 +239,7 @@ def spawn(
     stdin: bool,
     devnull: int,
     spawner: PosixSpawner | bool | None = True,
+    pidfd: bool = True,
 ) -> Spawned:
     """Start ``argv`` (``executable`` is the already-resolved program) in a new session.
 
@@ -246,6 +247,9 @@ def spawn(
         (an open ``/dev/null``), so a read sees end of file at once.
     :param spawner: ``True`` for :meth:`PosixSpawner.available`, ``False``
         (or None) for :class:`subprocess.Popen`.
+    :param pidfd: open the command's pidfd now; ``False`` leaves
+        :attr:`Spawned.pidfd` None, for a caller that opens it only when it
+        needs one (:func:`pidfdOpen`, while it has not reaped the pid).
     :raises OSError: the command could not be started (no such program,
         permission denied, no such directory, out of processes); nothing is
         left open then.
@@ -303,7 +307,7 @@ def spawn(
         stdin=inW if stdin else None,
         stdout=outR,
         stderr=errR,
-        pidfd=pidfdOpen(pid),
+        pidfd=pidfdOpen(pid) if pidfd else None,
         popen=popen,
     )
 

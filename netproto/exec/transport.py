@@ -281,6 +281,11 @@ class CommandTransport:
         self._drainDelay = GROUP_POLL_FIRST
         self._killedAt: float | None = None
         self._goneWaiters: list[Deferred[None]] = []
+        #: Called (no arguments) once the group is gone, before the
+        #: :meth:`whenGone` Deferreds: the factory's per-command bookkeeping,
+        #: without a Deferred per command.
+        self.onGone: Callable[[], None] | None = None
+        self._ended: Failure | None = None
         self._stdin: PipeWriter | None = None
         if spawned.stdin is not None:
             self._stdin = PipeWriter(reactor, spawned.stdin, self._stdinLost)
@@ -290,7 +295,8 @@ class CommandTransport:
         }
         # The exit is watched only once both output pipes have closed (see
         # _maybeEnded): X waits for them anyway, and most commands have
-        # exited by then, which saves a reactor registration per command.
+        # exited by then, which saves a reactor registration per command
+        # (and the pidfd itself is only opened then, unless spawn made one).
         self._pidfd = spawned.pidfd
         self._watcher: ExitWatcher | None = None
         proto.makeConnection(self)
@@ -438,6 +444,9 @@ class CommandTransport:
         """Be told when the first process exits: its pidfd on the reactor, else polling."""
         if self._watcher is not None or self._exitTimer is not None:
             return
+        if self._pidfd is None:
+            # Still ours to open: only this transport reaps the pid.
+            self._pidfd = _spawn.pidfdOpen(self.pid)
         if self._pidfd is not None:
             self._watcher = ExitWatcher(self.reactor, self._pidfd, self._checkExit)
             self._pidfd = None
@@ -470,13 +479,19 @@ class CommandTransport:
             self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
 
     def _reason(self) -> Failure:
+        """How the process ended, made once (``processExited`` and
+        ``processEnded`` get the same ``Failure``: each one costs)."""
+        if self._ended is not None:
+            return self._ended
         code = self.returncode
         assert code is not None
         if code == 0:
-            return Failure(ProcessDone(0))
-        if code < 0:
-            return Failure(ProcessTerminated(None, -code, None))
-        return Failure(ProcessTerminated(code, None, None))
+            self._ended = Failure(ProcessDone(0))
+        elif code < 0:
+            self._ended = Failure(ProcessTerminated(None, -code, None))
+        else:
+            self._ended = Failure(ProcessTerminated(code, None, None))
+        return self._ended
 
     def _maybeEnded(self) -> None:
         if self.ended or self._openOutputs:
@@ -533,6 +548,9 @@ class CommandTransport:
             if timer is not None and timer.active():
                 timer.cancel()
         self._killTimer = self._pollTimer = self._exitTimer = self._drainTimer = None
+        onGone, self.onGone = self.onGone, None
+        if onGone is not None:
+            onGone()
         waiters, self._goneWaiters = self._goneWaiters, []
         for d in waiters:
             d.callback(None)
