@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -746,3 +747,47 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner
             assert info.value.errno == errno.ENOENT
     finally:
         os.close(devnull)
+
+
+def test_posix_spawner_reuses_file_actions_only_for_the_same_fds_and_cwd(tmp_path: Path) -> None:
+    """Commands started one after the other (pipes reused, same cwd) share one
+    list of file actions; another cwd gets its own, and each command runs in
+    its own directory with its output on its own pipe."""
+    from netproto.exec.spawn import spawn
+
+    spawner = PosixSpawner.available()
+    if spawner is None:
+        pytest.skip("no posix_spawn with chdir and closefrom here")
+    fresh = PosixSpawner.__new__(PosixSpawner)
+    fresh.__dict__.update(spawner.__dict__)
+    fresh._actions = {}
+    other = tmp_path / "other"
+    other.mkdir()
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        outputs = []
+        for cwd in (tmp_path, tmp_path, other):
+            child = spawn(
+                "/bin/pwd",
+                ["pwd"],
+                env={},
+                cwd=str(cwd),
+                stdin=False,
+                devnull=devnull,
+                spawner=fresh,
+                pidfd=False,
+            )
+            assert child.pidfd is None
+            os.set_blocking(child.stdout, True)
+            out = b""
+            while chunk := os.read(child.stdout, 4096):
+                out += chunk
+            os.close(child.stdout)
+            os.close(child.stderr)
+            while child.poll() is None:
+                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+            outputs.append(out.decode().strip())
+    finally:
+        os.close(devnull)
+    assert outputs == [str(tmp_path), str(tmp_path), str(other)]
+    assert {cwd for _, cwd in fresh._actions} == {os.fsencode(tmp_path), os.fsencode(other)}

@@ -166,6 +166,7 @@ class PosixSpawner:
         if failed:
             raise OSError(ctypes.get_errno(), "posix_spawnattr setup failed")
         self._attrp = _voidp(self._attr)
+        self._actions: dict[tuple[tuple[int, ...], bytes], ctypes.Array[ctypes.c_char]] = {}
 
     @staticmethod
     @functools.cache
@@ -188,29 +189,51 @@ class PosixSpawner:
     ) -> int:
         """Start ``executable``; the child's fds 0, 1, 2 are ``fds`` (each >= 3),
         every other fd is closed. The pid; :class:`OSError` if it could not start."""
+        fa = self._fileActions(tuple(fds[:3]), cwd)
+        cargv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        cenv = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+        pid = ctypes.c_int(0)
+        err = self._spawn(ctypes.addressof(pid), executable, fa, self._attrp, cargv, cenv)
+        if err:
+            raise OSError(err, os.strerror(err), os.fsdecode(executable))
+        return pid.value
+
+    #: File action lists kept for reuse (see :meth:`_fileActions`).
+    keepActions: int = 8
+
+    def _fileActions(self, fds: tuple[int, ...], cwd: bytes) -> int:
+        """The file actions (dup2 onto 0, 1, 2, chdir, closefrom) for ``fds`` and ``cwd``.
+
+        A list of actions is only read by ``posix_spawn``, and the pipe
+        descriptors of one command are usually those of the one before
+        (closed, then reused), so the lists are kept per ``(fds, cwd)``:
+        building one costs eight C calls and, in glibc, a ``getrlimit`` per
+        action.
+        """
+        key = (fds, cwd)
+        kept = self._actions.get(key)
+        if kept is not None:
+            return _voidp(kept)
         actions = ctypes.create_string_buffer(_OPAQUE_SIZE)
         fa = _voidp(actions)
         if self._faInit(fa):
             raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
-        try:
-            err = (
-                self._dup2(fa, fds[0], 0)
-                or self._dup2(fa, fds[1], 1)
-                or self._dup2(fa, fds[2], 2)
-                or self._chdir(fa, cwd)
-                or self._closefrom(fa, 3)
-            )
-            if err:
-                raise OSError(err, os.strerror(err))
-            cargv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
-            cenv = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
-            pid = ctypes.c_int(0)
-            err = self._spawn(ctypes.addressof(pid), executable, fa, self._attrp, cargv, cenv)
-        finally:
-            self._faDestroy(fa)
+        err = (
+            self._dup2(fa, fds[0], 0)
+            or self._dup2(fa, fds[1], 1)
+            or self._dup2(fa, fds[2], 2)
+            or self._chdir(fa, cwd)
+            or self._closefrom(fa, 3)
+        )
         if err:
-            raise OSError(err, os.strerror(err), os.fsdecode(executable))
-        return pid.value
+            self._faDestroy(fa)
+            raise OSError(err, os.strerror(err))
+        if len(self._actions) >= self.keepActions:
+            for old in self._actions.values():
+                self._faDestroy(_voidp(old))
+            self._actions.clear()
+        self._actions[key] = actions
+        return fa
 
 
 def _aboveStdio(fd: int, opened: list[int]) -> int:
