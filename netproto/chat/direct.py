@@ -4,8 +4,10 @@ Why: ``transport.write`` on Twisted's TCP transport only appends to a buffer and
 asks the reactor to watch the socket; the bytes leave on the next reactor turn,
 after an ``epoll_ctl`` to start watching, the poll, a dispatch through Twisted's
 logging context, the ``send``, and an ``epoll_ctl`` to stop watching. For one line
-to each of 5000 members, profiles of the idle-room benchmark showed three quarters
-of the time in that path and a quarter in ``send`` itself (docs/performance.md).
+to each of 5000 members, a profile (py-spy) of the shared harness's idle-room
+scenario showed three quarters of the time in that path and a quarter in ``send``
+itself; sending at once cut a line's trip across the room from about 85 ms to 44 ms
+(docs/chat.md, "How it is built").
 
 What: :class:`netproto.chat.protocol.ChatProtocol` keeps one state per connection,
 ``_DIRECT``, meaning "Twisted holds no byte of this connection's output". In that

@@ -163,7 +163,8 @@ class ChatRoom:
       connects and speaks at once, the usual bot, costs the room ONE write per
       member for its join notice and its line instead of two: the delay lets the
       reactor wait for the line instead of sending the join notice alone
-      (the latency measurements in docs/performance.md).
+      (in a room of 5000 that halves the time the line takes to reach the newest
+      member; docs/chat.md, "How it is built").
     """
 
     __slots__ = (
