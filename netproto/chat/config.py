@@ -28,7 +28,7 @@ class ChatConfig:
     :ivar burst: lines a client may send back to back before ``rate`` applies.
     :ivar maxClients: connections in total (0: no cap). Ten thousand leaves room
         for the 5000-member benchmark and then some; each idle member costs
-        about 3 KiB.
+        about 1.5 KiB.
     :ivar maxPerAddress: connections from one IP address (0: no cap); 64 lets a
         household or a NAT share an address but stops one host taking all slots.
     :ivar idleTimeout: seconds without a line before a client is disconnected;
