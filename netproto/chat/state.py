@@ -264,7 +264,7 @@ class ChatRoom:
         """Whether the outbox holds a line for ``participant``.
 
         Exact, not "may": a newcomer's own join notice (excluded for it) is no
-        reason to flush, so a burst of connections in one reactor turn still
+        reason to flush, so a burst of connections between two flushes still
         costs one write per member, not one per connection per member.
         """
         outbox = self._outbox
