@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from netproto import __version__
 from netproto.addresses import describePeer
 from netproto.auth import IUser, TokenCredentials
+from netproto.directsend import sendNow
 from netproto.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -509,11 +510,13 @@ class FramedProtocol(Int32StringReceiver):
     # -- sending ---------------------------------------------------------------
 
     def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
-        """Write one frame; large payloads are not copied into a new string."""
+        """Write one frame; small ones are sent at once (:mod:`netproto.directsend`),
+        large payloads are not copied into a new string."""
         if self.transport is None:
             return
         if len(payload) < 4096:
-            self.transport.write(HEADER.pack(len(payload) + 1) + kind + payload)
+            # Replies a peer waits for leave now, not on the next reactor turn.
+            sendNow(self.transport, HEADER.pack(len(payload) + 1) + kind + payload)
         else:
             self.transport.writeSequence([HEADER.pack(len(payload) + 1) + kind, payload])
 

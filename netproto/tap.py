@@ -8,7 +8,6 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from netproto.auth import AuthSetupError, makePortal
+from netproto.runtime import raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
     ServerContext,
@@ -176,26 +176,11 @@ def Options() -> ServerOptions:
     return optionsFor(services)()
 
 
-def raiseFileLimit() -> int:
-    """Raise the soft limit on open files to the hard limit; every client is a descriptor.
-
-    Returns the limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            log.warn("netproto: cannot raise the open-file limit above {soft}", soft=soft)
-    return soft
-
-
 def makeService(options: ServerOptions) -> IServiceCollection:
     """A ``MultiService`` with one listening service per endpoint."""
     assert options.context is not None, "postOptions has run"
     raiseFileLimit()
+    tuneAllocator()
     top = MultiService()
     for child in makeServices(options.services, options.endpoints, options.context):
         child.setServiceParent(top)

@@ -1,4 +1,4 @@
-"""Direct sends (netproto.chat.direct) over real loopback TCP: order, partial sends, cut-off,
+"""Direct sends (netproto.directsend) over real loopback TCP: order, partial sends, cut-off,
 and the Twisted internals they rely on."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from twisted.internet import reactor, tcp
 from twisted.internet.testing import StringTransport
 
 from netproto.chat.config import ChatConfig
-from netproto.chat.direct import directSocket, holdsNothing
 from netproto.chat.protocol import _CUT, _DIRECT, _FLOWING, TRANSPORT_BUFFER, ChatProtocol
 from netproto.chat.server import ChatFactory
+from netproto.directsend import directSocket, holdsNothing
 from tests.support import eventually
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early

@@ -9,8 +9,9 @@ import pytest
 from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
+from netproto.runtime import raiseFileLimit
 from netproto.services import ListeningService, ServiceError, parseDatagramEndpoint
-from netproto.tap import Options, ServerOptions, defaultDataDir, makeService, raiseFileLimit
+from netproto.tap import Options, ServerOptions, defaultDataDir, makeService
 
 
 def parse(tmp_path: Path, *args: str) -> ServerOptions:

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as globalReactor
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from netproto.upload.protocol import UploadProtocol, writeNow
-from netproto.upload.server import tuneAllocator
+from netproto.runtime import tuneAllocator
+from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import PartialFile
 from netproto.upload.workers import Lane, WorkerThreads, callNow
 from tests.test_upload_protocol import Harness, StepExecutor, error, stored
@@ -239,37 +238,6 @@ def test_no_space_mid_pipeline_leaves_nothing(tmp_path: Path) -> None:
 
 
 # -- replies sent at once ------------------------------------------------------------
-
-
-class RecordingDescriptor(FileDescriptor):
-    """A socket-like transport that records what it is asked to send."""
-
-    def __init__(self) -> None:
-        super().__init__(reactor=MemoryReactor())
-        self.connected = True
-        self.sent: list[bytes] = []
-
-    def writeSomeData(self, data: bytes) -> int:
-        self.sent.append(bytes(data))
-        return len(data)
-
-
-def test_write_now_sends_without_waiting_for_the_reactor() -> None:
-    """writeNow sends what a socket transport buffered at once."""
-    t = RecordingDescriptor()
-    t.write(b"K{}")
-    assert t.sent == []
-    writeNow(t)
-    assert t.sent == [b"K{}"]
-
-
-def test_write_now_leaves_a_closing_transport_to_the_reactor() -> None:
-    """While the transport is closing, the reactor keeps the last word."""
-    t = RecordingDescriptor()
-    t.write(b"E{}")
-    t.disconnecting = True
-    writeNow(t)
-    assert t.sent == []
 
 
 def test_allocator_tuning_respects_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ What it adds to the plain line splitting, each because a real client needs it:
   (``abortConnection``: its buffer is freed at once). Nobody else waits for it.
 - Output leaves at once: while Twisted holds nothing for the connection, a delivery
   is one ``send`` on its socket instead of a write on the next reactor turn
-  (:mod:`netproto.chat.direct`), and TCP connections have Nagle's algorithm off.
+  (:mod:`netproto.directsend`), and TCP connections have Nagle's algorithm off.
 
 Per-connection state is a handful of slots, allocated nothing until needed: an
 idle member costs a few hundred bytes above Twisted's own transport.
@@ -37,9 +37,9 @@ from zope.interface import implementer
 
 from netproto.addresses import describePeer
 from netproto.chat.commands import interpret
-from netproto.chat.direct import directSocket, holdsNothing
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
+from netproto.directsend import directSocket, holdsNothing
 
 if TYPE_CHECKING:
     from netproto.chat.server import ChatFactory
@@ -208,7 +208,7 @@ class ChatProtocol(LineReceiver):
         after that, through ``transport.write`` behind what Twisted holds, until its
         buffer is empty again. Once Twisted reports its buffer full, what is
         written is counted and past ``--chat-max-queue`` the client is cut off.
-        See :mod:`netproto.chat.direct`.
+        See :mod:`netproto.directsend`.
         """
         backlog = self._backlog
         if backlog == _DIRECT:

@@ -9,9 +9,10 @@ one, a copy of every byte of output. :class:`FrameWriter` is the one place
 where exec does otherwise:
 
 * On Twisted's own socket transports (TCP, UNIX; not TLS, which must encrypt,
-  and not test transports), while the transport holds nothing unsent, a frame
-  is sent at once with one ``send`` (``sendmsg`` of the header and the
-  payload, so a large payload is not copied). Nothing is patched: the socket
+  and not test transports: :func:`netproto.directsend.directSocket`), while
+  the transport holds nothing unsent, a frame is sent at once with one
+  ``send`` (``sendmsg`` of the header and the payload, so a large payload is
+  not copied). Nothing is patched: the socket
   is the transport's public ``getHandle()``, and whatever the socket does not
   take goes to ``transport.write`` as usual.
 * From then on, until the transport has written everything out, every frame
@@ -29,31 +30,17 @@ where exec does otherwise:
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from zope.interface import implementer
 
+from netproto.directsend import directSocket
 from netproto.framing import HEADER
 
 #: Payloads shorter than this are joined to their header and sent with one
 #: ``send``; longer ones go with ``sendmsg`` (no copy of the payload).
 JOIN_BELOW = 4096
-
-
-def directSocket(transport: object) -> socket.socket | None:
-    """The socket of one of Twisted's own socket transports, else None.
-
-    Only :class:`twisted.internet.tcp.Connection` (TCP, and UNIX sockets,
-    which subclass it) qualifies: a TLS transport forwards ``getHandle`` to
-    the TCP connection under it, and writing there would bypass encryption.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return None
-    handle = transport.getHandle()
-    return handle if isinstance(handle, socket.socket) else None
 
 
 @implementer(IPullProducer)

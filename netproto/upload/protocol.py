@@ -37,9 +37,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IWriteDescriptor
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from netproto.errors import ProtocolError
@@ -426,9 +425,9 @@ class UploadProtocol(FramedProtocol):
     # -- replies -------------------------------------------------------------------
 
     def _reply(self, obj: Mapping[str, Any]) -> None:
-        """Send ``K`` now: the client waits for it before its next step."""
+        """Send ``K`` (at once: see :meth:`FramedProtocol.sendFrame`); the client
+        waits for it before its next step."""
         self.sendJSON(b"K", obj)
-        writeNow(self.transport)
 
     # -- ending a file early ------------------------------------------------------
 
@@ -491,29 +490,6 @@ class UploadProtocol(FramedProtocol):
 
     def _user(self) -> str:
         return self.avatar.name if self.avatar is not None else "?"
-
-
-def writeNow(transport: object) -> None:
-    """Send what ``transport`` holds now, rather than on the reactor's next turn.
-
-    Twisted's socket transports only buffer on ``write`` and send when the
-    reactor next polls for writability: for a reply the client is waiting
-    for, a reactor turn (and, for an upload's ``K stored``, the log line
-    written meanwhile) added to every round trip. This asks the transport to
-    do at once what the reactor would do next: ``doWrite``, its public
-    :class:`~twisted.internet.interfaces.IWriteDescriptor` method, which
-    sends what the socket takes and leaves the rest (and any error) to the
-    reactor as before. Not while the transport is closing (the reactor must
-    see that ``doWrite`` result), nor for other transports (TLS, in-memory
-    ones), which keep their own way.
-    """
-    if (
-        isinstance(transport, FileDescriptor)
-        and IWriteDescriptor.providedBy(transport)
-        and transport.connected
-        and not transport.disconnecting
-    ):
-        transport.doWrite()
 
 
 def _complete(partial: PartialFile, chunks: list[Buffer], sha256: str, overwrite: bool) -> str:
