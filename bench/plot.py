@@ -22,44 +22,58 @@ import matplotlib.pyplot as plt
 MiB = 1 << 20
 
 
-def plotScale(scale: dict[str, list[dict[str, float]]], out: Path) -> list[Path]:
+def plotScale(scale: dict[str, dict[str, list[dict[str, float]]]], out: Path) -> list[Path]:
+    """Throughput (and memory) against the size of the work, one line per server."""
     made = []
     if "chat" in scale:
-        rows = scale["chat"]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([r["receivers"] for r in rows], [r["deliveries_s"] / 1e3 for r in rows], "o-")
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for name, rows in scale["chat"].items():
+            ax.plot(
+                [r["receivers"] for r in rows],
+                [r["deliveries_s"] / 1e6 for r in rows],
+                "o-",
+                label=name,
+                linewidth=2.5 if name == "netproto" else 1,
+            )
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("receivers in the room (plus 100 senders)")
-        ax.set_ylabel("deliveries/s (thousands)")
-        ax.set_title("chat fan-out: throughput against room size")
+        ax.set_ylabel("deliveries/s (millions)")
+        ax.set_title("chat fan-out against room size")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         made.append(_save(fig, out / "perf-chat-fanout.png"))
     if "exec" in scale:
-        rows = scale["exec"]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        sizes = [r["bytes"] / MiB for r in rows]
-        ax.plot(sizes, [r["mb_s"] for r in rows], "o-", label="MB/s")
-        ax.set_xscale("log")
-        ax.set_xlabel("command output (MiB)")
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for name, rows in scale["exec"].items():
+            sizes = [r["bytes"] / MiB for r in rows]
+            width = 2.5 if name == "netproto" else 1
+            ax.plot(sizes, [r["mb_s"] for r in rows], "o-", label=name, linewidth=width)
+            ax2.plot(sizes, [r["peak_rss_mib"] for r in rows], "s-", label=name, linewidth=width)
+        for a in (ax, ax2):
+            a.set_xscale("log")
+            a.set_xlabel("command output (MiB)")
+            a.grid(alpha=0.3)
         ax.set_ylabel("MB/s")
-        ax2 = ax.twinx()
-        ax2.plot(sizes, [r["peak_rss_mib"] for r in rows], "s--", color="tab:red", label="peak RSS")
-        ax2.set_ylabel("server peak RSS (MiB)", color="tab:red")
+        ax.set_title("exec: output throughput")
+        ax2.set_ylabel("server peak RSS (MiB)")
         ax2.set_ylim(bottom=0)
-        ax.set_title("exec: output throughput and server memory against output size")
-        ax.grid(alpha=0.3)
+        ax2.set_title("exec: server memory while streaming")
+        ax.legend(fontsize=8)
         made.append(_save(fig, out / "perf-exec-output.png"))
     if "upload" in scale:
-        rows = scale["upload"]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        sizes = [r["bytes"] / MiB for r in rows]
-        ax.plot(sizes, [r["seconds"] for r in rows], "o-", label="seconds")
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for name, rows in scale["upload"].items():
+            sizes = [r["bytes"] / MiB for r in rows]
+            ax.plot(sizes, [r["seconds"] for r in rows], "o-", label=f"{name}: seconds")
+            ax.plot(sizes, [s / 1000 for s in sizes], ":", color="gray", label="1 GB/s, linear")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("file size (MiB)")
-        ax.set_ylabel("seconds, end to end (hash, fsync, rename)")
-        ax.set_title("upload: time against file size (a line of slope 1 is linear)")
+        ax.set_ylabel("seconds end to end (hash, fsync, rename)")
+        ax.set_title("upload: time against file size")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
         made.append(_save(fig, out / "perf-upload-size.png"))
     return made
 

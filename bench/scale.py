@@ -18,10 +18,11 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.server import Server, netproto
+from bench.server import SHARED_BENCH, Server, netproto, peer
 
 MiB = 1 << 20
 
@@ -32,12 +33,16 @@ MiB = 1 << 20
 class Framed:
     """A blocking framed connection with a reusable receive buffer."""
 
-    def __init__(self, port: int, service: str, token: str) -> None:
+    def __init__(self, port: int, service: str, token: str | None) -> None:
+        """With ``token`` None, a peer speaking the same frames without hello and auth."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray(8 * MiB)
         self.view = memoryview(self.buf)
         self.lo = self.hi = 0
+        self.maxFrame = 256 * 1024 + 1
+        if token is None:
+            return
         hello = self.json(b"H")
         assert hello["service"] == service, hello
         self.maxFrame = int(hello["max_frame"])
@@ -86,7 +91,7 @@ class Framed:
 
 def execOutput(server: Server, size: int) -> dict[str, float]:
     """``head -c SIZE /dev/zero`` streamed back: MB/s and the server's peak RSS."""
-    conn = Framed(server.ports["exec"], "exec", server.token)
+    conn = Framed(server.ports["exec"], "exec", server.token)  # token None: a peer
     server.resetPeak()
     before = server.rssKiB()
     t = time.perf_counter()
@@ -209,42 +214,68 @@ def chatFanout(
     }
 
 
+CHAT_PEERS = [
+    ("tutorial_chat.py",),
+    ("twisted_chat.py",),
+    ("asyncio_chat.py",),
+    ("asyncio_chat.py", "--uvloop"),
+]
+EXEC_PEERS = [("twisted_exec.py",), ("asyncio_exec.py",), ("asyncio_exec.py", "--uvloop")]
+
+
+def servers(service: str, peers: list[tuple[str, ...]], withPeers: bool) -> Iterator[Any]:
+    """netproto, then each peer of the shared harness (when it is there and wanted)."""
+    yield netproto()
+    if withPeers and SHARED_BENCH.is_dir():
+        for script, *extra in peers:
+            yield peer(script, service, *extra)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=["chat", "exec", "upload"])
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    parser.add_argument("--no-peers", action="store_true", help="netproto only")
     parser.add_argument("--json", type=Path, default=Path("bench/results/scale.json"))
     args = parser.parse_args()
     only = set(args.only or ["chat", "exec", "upload"])
-    results: dict[str, list[dict[str, float]]] = {}
-    with netproto() as server:
-        if "chat" in only:
-            results["chat"] = []
-            for n in [50, 200] if args.quick else [50, 200, 1000, 2000]:
-                r = chatFanout(server, n)
-                results["chat"].append(r)
-                print(
-                    f"chat  {n:5} receivers + 100 senders: {r['deliveries_s']:>10,.0f} deliveries/s"
-                    f"  server RSS {r['rss_mib']:.1f} MiB"
-                )
-        if "exec" in only:
-            results["exec"] = []
-            sizes = [1, 16] if args.quick else [1, 16, 64, 256, 1024]
-            for mib in sizes:
-                r = execOutput(server, mib * MiB)
-                results["exec"].append(r)
-                print(
-                    f"exec  {mib:5} MiB of output: {r['mb_s']:>8,.0f} MB/s"
-                    f"  server peak RSS {r['peak_rss_mib']:.1f} MiB"
-                )
-        if "upload" in only:
-            results["upload"] = []
-            block = os.urandom(64 * MiB)
-            sizes = [1, 16] if args.quick else [1, 16, 64, 256, 1024, 2048]
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    if "chat" in only:
+        results["chat"] = {}
+        for start in servers("chat", CHAT_PEERS, not args.no_peers):
+            with start as server:
+                rows = results["chat"].setdefault(server.name, [])
+                for n in [50, 200] if args.quick else [50, 200, 1000, 2000]:
+                    r = chatFanout(server, n)
+                    rows.append(r)
+                    print(
+                        f"chat   {server.name:22} {n:5} receivers + 100 senders:"
+                        f" {r['deliveries_s']:>12,.0f} deliveries/s"
+                        f"  RSS {r['rss_mib']:.1f} MiB"
+                    )
+    if "exec" in only:
+        results["exec"] = {}
+        sizes = [1, 16] if args.quick else [1, 16, 64, 256, 1024]
+        for start in servers("exec", EXEC_PEERS, not args.no_peers):
+            with start as server:
+                rows = results["exec"].setdefault(server.name, [])
+                for mib in sizes:
+                    r = execOutput(server, mib * MiB)
+                    rows.append(r)
+                    print(
+                        f"exec   {server.name:22} {mib:5} MiB of output: {r['mb_s']:>8,.0f} MB/s"
+                        f"  peak RSS {r['peak_rss_mib']:.1f} MiB"
+                    )
+    if "upload" in only:
+        block = os.urandom(64 * MiB)
+        sizes = [1, 16] if args.quick else [1, 16, 64, 256, 1024, 2048]
+        with netproto() as server:
+            rows = results.setdefault("upload", {}).setdefault(server.name, [])
             for mib in sizes:
                 r = upload(server, mib * MiB, block, f"scale-{mib}")
-                results["upload"].append(r)
-                print(f"upload {mib:5} MiB: {r['mb_s']:>8,.0f} MB/s  {r['seconds']:.2f} s")
+                rows.append(r)
+                line = f"{mib:5} MiB: {r['mb_s']:>8,.0f} MB/s  {r['seconds']:.2f} s"
+                print(f"upload {server.name:22} {line}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(args.json.read_text()) if args.json.exists() else {}
     existing.update(results)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,16 @@ TWISTD = str(Path(sys.executable).parent / "twistd")
 
 
 class Server:
-    """A running ``twistd -n netproto``: its pid, ports, token and upload dir."""
+    """A running server: ``twistd -n netproto`` (its ports, token and upload
+    dir), or a peer from the shared harness (one port, no token)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], home: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], home: Path, name: str = "netproto") -> None:
         self.proc = proc
         self.pid = proc.pid
         self.home = home
+        self.name = name
         self.ports: dict[str, int] = {}
-        self.token = ""
+        self.token: str | None = None
         self.uploadDir = home / "uploads"
 
     def rssKiB(self) -> int:
@@ -108,9 +111,53 @@ def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def wait(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark condition not met in time")
-        time.sleep(0.01)
+#: The shared harness beside the checkout, whose peers (the servers a user
+#: might pick instead) bench/scale.py measures too when it is there.
+SHARED_BENCH = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+PEERS_PYTHON = Path("/tmp/netproto-bench-venv/bin/python")
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def peer(script: str, service: str, *extra: str, timeout: float = 30.0) -> Iterator[Server]:
+    """A peer server of the shared harness (``peers/SCRIPT``), serving ``service`` on a free port.
+
+    It runs with the harness's peers venv (Twisted, uvloop) when it exists.
+    """
+    python = str(PEERS_PYTHON) if PEERS_PYTHON.exists() else sys.executable
+    port = _freePort()
+    home = Path(tempfile.mkdtemp(prefix="netproto-bench-peer-"))
+    proc = subprocess.Popen(
+        [python, str(SHARED_BENCH / "peers" / script), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = Server(proc, home, name=script.removesuffix(".py") + "".join(extra))
+    server.ports[service] = port
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"peer {script} did not start") from None
+                time.sleep(0.05)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(home, ignore_errors=True)
