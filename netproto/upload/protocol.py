@@ -162,7 +162,7 @@ class UploadProtocol(FramedProtocol):
     #: Bytes written after which the flushing lane flushes them to disk
     #: (:meth:`~netproto.upload.store.PartialFile.flush`) while more arrive,
     #: so that the fsync after the last byte has little left to wait for.
-    flushStep: int = 32 * 1024 * 1024
+    flushStep: int = 16 * 1024 * 1024
 
     def __init__(self) -> None:
         super().__init__()
