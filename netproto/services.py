@@ -174,7 +174,11 @@ class ListeningService(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
-        built = self.service.build(self.context)
+        try:
+            built = self.service.build(self.context)
+        except ServiceError as e:
+            # An operator's mistake the options could not catch: one line, exit 1.
+            raise SystemExit(f"netproto: cannot serve {self.service.name}: {e}") from None
         if self.service.kind == "datagram":
             portNumber, interface = parseDatagramEndpoint(self.description)
             self.port = self.context.reactor.listenUDP(portNumber, built, interface=interface)

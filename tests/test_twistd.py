@@ -149,3 +149,38 @@ def test_dropin_cache_is_not_committed() -> None:
     assert "dropin.cache" not in tracked
     assert not (root / "twisted" / "plugins" / "__init__.py").exists()
     assert not (root / "twisted" / "__init__.py").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upload-max-size", "-5"], "'-5' is negative"),
+        (["--exec-max-procs", "0"], "'0' is not at least 1"),
+        (["--chat-rate", "fast"], "Parameter type enforcement failed"),
+        (["--exec-kill-grace", "0"], "cannot serve exec: "),
+    ],
+)
+def test_bad_service_option_values_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A service option out of range stops twistd with one line, never a traceback."""
+    result = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "--logfile=-",
+            "netproto",
+            *(f"--{s}=tcp:0:interface=127.0.0.1" for s in ("chat", "exec", "upload")),
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=twistdEnv(tmp_path),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output
+    assert "Traceback" not in output

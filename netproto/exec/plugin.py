@@ -4,6 +4,7 @@ Every option is described in ``docs/exec.md``; the policy they make is
 :class:`netproto.exec.policy.ExecPolicy`.
 """
 
+from netproto.options import positive, seconds
 from netproto.services import LazyService
 
 service = LazyService(
@@ -26,10 +27,16 @@ service = LazyService(
             0,
             "Longest a command may run, in seconds; a client's own timeout is capped by it. "
             "0: no limit.",
-            float,
+            seconds,
         ],
-        ["exec-max-procs", None, 64, "Most commands running at once, server-wide.", int],
-        ["exec-max-procs-per-user", None, 16, "Most commands of one user running at once.", int],
+        ["exec-max-procs", None, 64, "Most commands running at once, server-wide.", positive],
+        [
+            "exec-max-procs-per-user",
+            None,
+            16,
+            "Most commands of one user running at once.",
+            positive,
+        ],
         [
             "exec-cwd",
             None,
@@ -57,7 +64,7 @@ service = LazyService(
             None,
             5.0,
             "Seconds between SIGTERM and SIGKILL when a command's process group is ended.",
-            float,
+            seconds,
         ],
     ],
     optFlags=[

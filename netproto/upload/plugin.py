@@ -1,5 +1,6 @@
 """The upload service's plugin declaration and its ``twistd netproto`` options."""
 
+from netproto.options import count, seconds
 from netproto.services import LazyService
 
 service = LazyService(
@@ -15,7 +16,7 @@ service = LazyService(
             0,
             "Largest file in bytes a client may upload; larger ones are refused "
             "with too-large (0: no limit).",
-            int,
+            count,
         ],
         [
             "upload-min-free",
@@ -23,7 +24,7 @@ service = LazyService(
             64 * 1024 * 1024,
             "Bytes of free space an upload must leave on the upload directory's "
             "file system; one that would not is refused with no-space.",
-            int,
+            count,
         ],
         [
             "upload-resume-ttl",
@@ -31,7 +32,7 @@ service = LazyService(
             86400.0,
             "Seconds the data of an interrupted upload is kept for a resume "
             "after its last byte arrived.",
-            float,
+            seconds,
         ],
     ],
 )

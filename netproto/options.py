@@ -1,0 +1,37 @@
+"""Coerce functions for the services' ``twistd netproto`` options.
+
+A value that does not fit is refused when the options are parsed, with
+twistd's one-line "Parameter type enforcement failed" message, instead of
+when the service starts. Light on purpose: plugin declarations import it.
+"""
+
+from __future__ import annotations
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (0 turns a limit or feature off where its doc says so)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} is negative")
+    return value
+
+
+def positive(text: str) -> int:
+    """A whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} is not at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration or rate >= 0 (0 turns the feature off where its doc says so)."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+count.coerceDoc = "Must be a whole number >= 0."  # type: ignore[attr-defined]
+positive.coerceDoc = "Must be a whole number >= 1."  # type: ignore[attr-defined]
+seconds.coerceDoc = "Must be a number >= 0."  # type: ignore[attr-defined]
