@@ -61,6 +61,17 @@ def _status(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
+def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the server's session, SIGKILL if it outlives ``grace`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextmanager
 def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
     """``twistd -n netproto`` with chat, exec and upload on free loopback ports."""
@@ -98,13 +109,7 @@ def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
         server.token = (home / "token").read_text().strip()
         yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, 30)
         reader.join(5)
         if proc.stdout is not None:
             proc.stdout.close()
@@ -153,11 +158,5 @@ def peer(script: str, service: str, *extra: str, timeout: float = 30.0) -> Itera
                 time.sleep(0.05)
         yield server
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc, 10)
         shutil.rmtree(home, ignore_errors=True)

@@ -41,16 +41,21 @@ def test_twistd_netproto_help_shows_service_options(tmp_path: Path) -> None:
         assert option in result.stdout
 
 
-def test_bad_option_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    """A mistake on the command line: a clear message, no traceback, non-zero exit."""
-    result = subprocess.run(
-        [TWISTD, "-n", "netproto", "--chat", "tcp:notaport"],
+def twistdOnce(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``twistd -n netproto ARGS`` expected to stop by itself (a refusal); its output."""
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
         env=twistdEnv(tmp_path),
     )
+
+
+def test_bad_option_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A mistake on the command line: a clear message, no traceback, non-zero exit."""
+    result = twistdOnce(tmp_path, "--chat", "tcp:notaport")
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "chat endpoint 'tcp:notaport'" in output
@@ -63,25 +68,9 @@ def test_port_in_use_fails_startup_cleanly(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = subprocess.run(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "--logfile=-",
-                "netproto",
-                "--chat",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--exec",
-                "none",
-                "--upload",
-                "none",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=twistdEnv(tmp_path),
+        result = twistdOnce(
+            tmp_path,
+            *("--chat", f"tcp:{port}:interface=127.0.0.1", "--exec", "none", "--upload", "none"),
         )
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
@@ -164,22 +153,8 @@ def test_bad_service_option_values_are_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     """A service option out of range stops twistd with one line, never a traceback."""
-    result = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "--logfile=-",
-            "netproto",
-            *(f"--{s}=tcp:0:interface=127.0.0.1" for s in ("chat", "exec", "upload")),
-            *args,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=twistdEnv(tmp_path),
-    )
+    endpoints = (f"--{s}=tcp:0:interface=127.0.0.1" for s in ("chat", "exec", "upload"))
+    result = twistdOnce(tmp_path, *endpoints, *args)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output
