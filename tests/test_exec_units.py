@@ -49,6 +49,21 @@ def refusal(policy: ExecPolicy, request: Mapping[str, Any]) -> ProtocolError:
     return info.value
 
 
+def drain(child: Any) -> bytes:
+    """A spawned child's whole stdout, once it has exited; its descriptors closed."""
+    os.set_blocking(child.stdout, True)
+    out = b""
+    while chunk := os.read(child.stdout, 4096):
+        out += chunk
+    os.close(child.stdout)
+    os.close(child.stderr)
+    while child.poll() is None:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    if child.pidfd is not None:
+        os.close(child.pidfd)
+    return out
+
+
 def test_argv_program_is_resolved_on_the_commands_PATH(tmp_path: Path) -> None:
     """A bare name is looked up on the command's PATH before anything starts;
     argv is kept as given, the executable is the file found."""
@@ -715,16 +730,7 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner
             devnull=devnull,
             spawner=spawner,
         )
-        os.set_blocking(child.stdout, True)
-        out = b""
-        while chunk := os.read(child.stdout, 4096):
-            out += chunk
-        os.close(child.stdout)
-        os.close(child.stderr)
-        while child.poll() is None:
-            os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-        if child.pidfd is not None:
-            os.close(child.pidfd)
+        out = drain(child)
         first, fds, sigign = out.decode().splitlines()
         pid, sid, cwd, name, secret = first.split()
         assert int(pid) == int(sid) == child.pid
@@ -778,14 +784,7 @@ def test_posix_spawner_reuses_file_actions_only_for_the_same_fds_and_cwd(tmp_pat
                 pidfd=False,
             )
             assert child.pidfd is None
-            os.set_blocking(child.stdout, True)
-            out = b""
-            while chunk := os.read(child.stdout, 4096):
-                out += chunk
-            os.close(child.stdout)
-            os.close(child.stderr)
-            while child.poll() is None:
-                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+            out = drain(child)
             outputs.append(out.decode().strip())
     finally:
         os.close(devnull)

@@ -22,7 +22,7 @@ from netproto.runtime import tuneAllocator
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import PartialFile
 from netproto.upload.workers import Lane, WorkerThreads, callNow
-from tests.test_upload_protocol import Harness, StepExecutor, error, stored
+from tests.test_upload_protocol import Harness, SmallDisk, StepExecutor, error, stored
 
 
 def laneOf(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> object:
@@ -219,21 +219,13 @@ def test_failed_early_flush_fails_the_file(
 def test_no_space_mid_pipeline_leaves_nothing(tmp_path: Path) -> None:
     """ENOSPC in the writing lane while the hashing lane is ahead: E no-space,
     the partial data removed, and the connection usable."""
-    budget = [UploadProtocol.batchSize]
-
-    def smallDisk(fd: int, buffers: Any) -> int:
-        size = sum(len(b) for b in buffers)
-        if size > budget[0]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        budget[0] -= size
-        return os.writev(fd, buffers)
-
-    h = Harness(tmp_path, writev=smallDisk)
+    disk = SmallDisk(UploadProtocol.batchSize)
+    h = Harness(tmp_path, writev=disk.writev)
     c = h.connect()
     data = os.urandom(4 * UploadProtocol.batchSize)
     assert error("no-space")(c.upload("f", data))
     assert h.files() == set()
-    budget[0] = 10**9
+    disk.free = 10**9
     assert c.upload("g", b"fits") == stored("g", b"fits")
 
 

@@ -151,6 +151,20 @@ def h(tmp_path: Path) -> Harness:
 # -- storing -------------------------------------------------------------------
 
 
+class SmallDisk:
+    """A ``writev`` for the store that fails with ENOSPC once ``free`` bytes are used."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def writev(self, fd: int, buffers: Sequence[Buffer]) -> int:
+        size = sum(len(b) for b in buffers)
+        if size > self.free:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.free -= size
+        return os.writev(fd, buffers)
+
+
 def test_file_is_stored_whole_under_its_name(h: Harness) -> None:
     """P, K ready at offset 0, D frames, F: K stored names the file, its size and
     SHA-256, and the file holds exactly the bytes sent; nothing else is left."""
@@ -304,16 +318,8 @@ def test_long_upload_stores_nothing_and_the_rest_is_ignored(h: Harness) -> None:
 def test_disk_full_while_writing_is_no_space_and_leaves_nothing(tmp_path: Path) -> None:
     """ENOSPC from the disk mid-file: E no-space, the partial data removed,
     nothing under the final name; the connection stays usable."""
-    budget = [100_000]
-
-    def smallDisk(fd: int, buffers: Sequence[Buffer]) -> int:
-        size = sum(len(b) for b in buffers)
-        if size > budget[0]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        budget[0] -= size
-        return os.writev(fd, buffers)
-
-    h = Harness(tmp_path, writev=smallDisk)
+    disk = SmallDisk(100_000)
+    h = Harness(tmp_path, writev=disk.writev)
     c = h.connect()
     data = os.urandom(600_000)
     c.put("big", len(data))
@@ -322,7 +328,7 @@ def test_disk_full_while_writing_is_no_space_and_leaves_nothing(tmp_path: Path) 
     c.finish(data)
     assert error("no-space")(c.frames())
     assert h.files() == set()
-    budget[0] = 10**9
+    disk.free = 10**9
     assert c.upload("small", b"fits") == stored("small", b"fits")
 
 
