@@ -1,0 +1,16 @@
+"""The observer itself: what it measures of a running server is real."""
+
+from __future__ import annotations
+
+from tests.adversarial.outside import ABUSER, Target, sockets
+
+
+def test_fdsFollowConnections(target: Target) -> None:
+    """Fifty connections from one abusive address raise the server's fd count by
+    about fifty, and closing them brings it back: the fd measure sees the server."""
+    base = target.fds()
+    with sockets(50, ABUSER, target.port("chat")):
+        target.twistd.waitFor(lambda: target.fds() >= base + 50)
+    target.waitFds(base)
+    target.chatLatency()  # answers within its deadline
+    assert target.rss() > 10 * 1024 * 1024
