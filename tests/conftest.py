@@ -6,7 +6,15 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+from hypothesis import HealthCheck, settings
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+
+# Hypothesis checks correctness here, never speed: on a loaded 2-core CI machine an
+# example may take seconds, so no per-example deadline and no "too slow" health check.
+settings.register_profile(
+    "netproto", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("netproto")
 
 
 @pytest.fixture(autouse=True)
