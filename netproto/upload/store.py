@@ -35,13 +35,13 @@ import fcntl
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from twisted.logger import Logger
 
-from netproto.errors import ProtocolError
+from netproto.errors import ErrorCode, ProtocolError
 from netproto.upload.names import isPartialName, partialName
 
 log = Logger()
@@ -55,13 +55,17 @@ IOV_MAX: Final = 1024
 
 #: Bytes read per call when re-hashing kept data for a resume.
 REHASH_CHUNK: Final = 1 << 20
-#: Errors that mean the disk (or the user's quota) is full.
-NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO planted under a partial name must not block the open.
-_PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_PEEK_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: A partial file is always a new file: O_EXCL, so nothing planted under its
+#: name (a hard link to a file outside, a symbolic link, a FIFO) is ever opened.
+_CREATE_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Kept data is reopened only after lstat said it is our own regular file;
+#: O_NONBLOCK in case it was swapped for a FIFO in between.
+_KEPT_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: Times a partial file is looked for again when it is created, removed or
+#: replaced by another connection between two steps of ours.
+PARTIAL_ATTEMPTS: Final = 5
 RENAME_NOREPLACE: Final = 1
 
 
@@ -114,13 +118,35 @@ def _text(segments: Iterable[bytes]) -> str:
     return "/".join(s.decode("utf-8", "replace") for s in segments)
 
 
+#: What an OS error means to the peer: its PROTOCOL.md code and why, in words.
+#: An errno not listed is ``internal`` (not fatal here), logged for the operator.
+ERRNO_CODES: Final[Mapping[int, tuple[ErrorCode, str]]] = {
+    errno.ENOSPC: ("no-space", "the server's disk is full"),
+    errno.EDQUOT: ("no-space", "the server's disk quota is used up"),
+    errno.EMLINK: ("no-space", "the directory on the server holds as many entries as it can"),
+    errno.EFBIG: ("too-large", "larger than the server's file system allows"),
+    errno.EACCES: ("not-allowed", "the server may not write there (permission denied)"),
+    errno.EPERM: ("not-allowed", "the server may not write there (operation not permitted)"),
+    errno.EROFS: ("not-allowed", "the upload directory is read-only"),
+    errno.ENAMETOOLONG: ("invalid-name", "too long for the server's file system"),
+    errno.EILSEQ: ("invalid-name", "not a valid name on the server's file system"),
+    errno.ENOTDIR: ("invalid-name", "a file on the server is in the way of a directory"),
+    errno.ELOOP: ("invalid-name", "a symbolic link on the server is in the way"),
+    errno.EEXIST: ("exists", "it exists on the server"),
+    errno.EISDIR: ("exists", "a directory on the server is in the way"),
+    errno.ENOENT: ("not-found", "its directory was removed from the server meanwhile"),
+    errno.EBUSY: ("busy", "in use on the server"),
+    errno.ETXTBSY: ("busy", "in use on the server"),
+}
+
+
 def osError(e: OSError, what: str) -> ProtocolError:
-    """The peer's view of an OS error: ``no-space``, ``not-allowed``, else ``internal``
-    (not fatal: the connection stays usable, and the operator sees it in the log)."""
-    if e.errno in NO_SPACE_ERRNOS:
-        return ProtocolError("no-space", f"{what}: the server's disk is full")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ProtocolError("not-allowed", f"{what}: {e.strerror}")
+    """The peer's view of an OS error (:data:`ERRNO_CODES`), never fatal: the
+    connection stays usable. An unexpected one is ``internal``, and logged
+    for the operator as an error."""
+    known = ERRNO_CODES.get(e.errno or 0)
+    if known is not None:
+        return ProtocolError(known[0], f"{what}: {known[1]}", fatal=False)
     log.error("upload: {what}: {error}", what=what, error=e)
     return ProtocolError("internal", f"{what}: server I/O error", fatal=False)
 
@@ -148,8 +174,11 @@ class PartialFile:
         offset: int,
         hasher: hashlib._Hash,
         ownsDir: bool = True,
+        inode: tuple[int, int] = (-1, -1),
     ) -> None:
         self.store = store
+        #: (device, inode) of the open file: ``part`` must still name it at the rename
+        self.inode = inode
         self.dirFD = dirFD
         #: dirFD is this file's own handle (not the store's), closed with it
         self.ownsDir = ownsDir
@@ -267,6 +296,7 @@ class PartialFile:
             if not synced:
                 os.fsync(self.fd)
             self._checkFlushed()
+            self._checkStillNamed()
             if overwrite:
                 os.rename(self.part, self.leaf, src_dir_fd=self.dirFD, dst_dir_fd=self.dirFD)
             else:
@@ -291,6 +321,20 @@ class PartialFile:
         # descriptor number that may already belong to another file.
         if self.closed:
             raise ProtocolError("internal", f"{self.name}: upload already ended", fatal=False)
+
+    def _checkStillNamed(self) -> None:
+        """Refuse to rename when ``part`` no longer names the file written (a
+        local user replaced it meanwhile): whatever is there now must not be
+        put under the final name as if it were the data checked."""
+        try:
+            there = os.stat(self.part, dir_fd=self.dirFD, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != self.inode:
+            raise ProtocolError(
+                "not-allowed",
+                f"{self.name}: its partial data was moved or replaced on the server meanwhile",
+            )
 
     def _checkFlushed(self) -> None:
         if self.flushError is not None:
@@ -317,13 +361,17 @@ class PartialFile:
         self._close()
 
     def discard(self) -> None:
-        """Remove the partial data and close."""
+        """Remove the partial data and close; never raises. Data that cannot be
+        removed (a read-only file system) is left for the expiry sweep."""
         if self.closed:
             return
         try:
-            os.unlink(self.part, dir_fd=self.dirFD)
-        except FileNotFoundError:
-            pass
+            if _sameFile(os.fstat(self.fd), self.dirFD, self.part):
+                os.unlink(self.part, dir_fd=self.dirFD)
+        except OSError as e:
+            log.warn(
+                "upload: cannot remove the partial data of {name}: {error}", name=self.name, error=e
+            )
         finally:
             self._close()
 
@@ -384,24 +432,27 @@ class UploadStore:
             intermediate directories.
         """
         name = _text(segments)
-        if not resume:
-            # All of it is to come; with resume, only what is not kept (below).
-            self._checkFree(self.rootFD, size, name)
-        dirFD = self._openParent(segments[:-1], name)
         try:
-            return self._beginIn(
-                dirFD,
-                leaf=segments[-1],
-                name=name,
-                size=size,
-                overwrite=overwrite,
-                resume=resume,
-                now=now,
-            )
-        except BaseException:
-            if dirFD != self.rootFD:
-                _close(dirFD)
-            raise
+            if not resume:
+                # All of it is to come; with resume, only what is not kept (below).
+                self._checkFree(self.rootFD, size, name)
+            dirFD = self._openParent(segments[:-1], name)
+            try:
+                return self._beginIn(
+                    dirFD,
+                    leaf=segments[-1],
+                    name=name,
+                    size=size,
+                    overwrite=overwrite,
+                    resume=resume,
+                    now=now,
+                )
+            except BaseException:
+                if dirFD != self.rootFD:
+                    _close(dirFD)
+                raise
+        except OSError as e:  # at any step: its code (ERRNO_CODES), never a crash
+            raise osError(e, name) from None
 
     def _beginIn(
         self,
@@ -418,34 +469,25 @@ class UploadStore:
             existing = os.stat(leaf, dir_fd=dirFD, follow_symlinks=False)
         except FileNotFoundError:
             pass
-        except OSError as e:
-            raise osError(e, name) from None
         else:
             if stat.S_ISDIR(existing.st_mode):
                 raise ProtocolError("exists", f"{name} is a directory on the server")
             if not overwrite:
                 raise ProtocolError("exists", f"{name} exists (ask to overwrite it)")
         part = partialName(leaf, size)
-        fd, info = self._lockPartial(dirFD, part, name)
-        offset = 0
+        fd, info, offset = self._openPartial(dirFD, part, name, size if resume else 0, now)
         try:
-            if resume and 0 < info.st_size <= size and now - info.st_mtime <= self.resumeTTL:
-                offset = info.st_size
-            if offset != info.st_size:
-                os.ftruncate(fd, offset)
             hasher = hashlib.sha256()
             if resume:
                 self._checkFree(fd, size - offset, name)
             if offset:
                 self._rehash(fd, offset, hasher)
                 os.lseek(fd, offset, os.SEEK_SET)
-        except BaseException as e:
+        except BaseException:
             if not offset:
                 with contextlib.suppress(OSError):
                     os.unlink(part, dir_fd=dirFD)
             _close(fd)
-            if isinstance(e, OSError):
-                raise osError(e, name) from None
             raise
         return PartialFile(
             self,
@@ -458,13 +500,11 @@ class UploadStore:
             offset=offset,
             hasher=hasher,
             ownsDir=dirFD != self.rootFD,
+            inode=(info.st_dev, info.st_ino),
         )
 
     def _checkFree(self, fd: int, needed: int, name: str) -> None:
-        try:
-            vfs = os.fstatvfs(fd)
-        except OSError as e:
-            raise osError(e, name) from None
+        vfs = os.fstatvfs(fd)
         free = vfs.f_bavail * vfs.f_frsize
         if free - self.minFree < needed:
             raise ProtocolError(
@@ -504,41 +544,101 @@ class UploadStore:
                     os.fsync(fd)
                 _close(fd)
                 fd = child
-        except OSError as e:
-            _close(fd)
-            raise osError(e, name) from None
         except BaseException:
             _close(fd)
             raise
         return fd
 
-    def _lockPartial(self, dirFD: int, part: bytes, name: str) -> tuple[int, os.stat_result]:
-        """Open and exclusively lock the partial file ``part``; ``busy`` if another
-        upload holds it. The lock is retaken if the file was renamed or removed
-        between the open and the lock. Returns the handle and its status as
-        of holding the lock."""
-        for _ in range(5):
-            fd = os.open(part, _PART_FLAGS, 0o644, dir_fd=dirFD)
+    def _openPartial(
+        self, dirFD: int, part: bytes, name: str, resumable: int, now: float
+    ) -> tuple[int, os.stat_result, int]:
+        """The partial file ``part`` for an upload, open and exclusively locked:
+        our own kept data when it can be resumed, else a new file (``O_EXCL``).
+
+        :param resumable: the upload's size when it asks to resume, else 0:
+            kept data is reused only if it is fresh and no longer than that.
+        :returns: the handle, its status, and the offset to continue from.
+        :raises ProtocolError: ``busy`` if another upload holds the partial
+            file; ``not-allowed`` if something this server did not make is
+            in the way (:meth:`_openKept`).
+        """
+        for _ in range(PARTIAL_ATTEMPTS):
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise ProtocolError(
-                        "busy", f"{name} is being uploaded by another connection"
-                    ) from None
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    raise ProtocolError(
-                        "internal", f"{name}: partial file is not a regular file", fatal=False
-                    )
-                if _sameFile(info, dirFD, part):
+                fd = os.open(part, _CREATE_FLAGS, 0o644, dir_fd=dirFD)
+            except FileExistsError:
+                kept = self._openKept(dirFD, part, name)
+                if kept is None:
+                    continue  # it went away meanwhile
+                fd, info = kept
+                if 0 < info.st_size <= resumable and now - info.st_mtime <= self.resumeTTL:
                     os.set_blocking(fd, True)
-                    return fd, info
+                    return fd, info, info.st_size
+                # Not to be resumed: removed (it is ours and locked), and a new one made.
+                try:
+                    os.unlink(part, dir_fd=dirFD)
+                finally:
+                    _close(fd)
+                continue
+            try:
+                locked = self._lock(fd, dirFD, part, name)
             except BaseException:
+                # (busy: another upload found it first and holds it; it is theirs now)
                 _close(fd)
                 raise
+            if locked is not None:
+                return fd, locked, 0
+            _close(fd)  # another upload replaced it before we locked it: look again
+        raise ProtocolError("busy", f"{name}: its partial file keeps changing")
+
+    def _openKept(self, dirFD: int, part: bytes, name: str) -> tuple[int, os.stat_result] | None:
+        """Open and lock the existing ``part``, only if it is what this server
+        leaves there: a regular file with one link, owned by the server's uid.
+
+        Anything else was planted by someone with write access to the
+        directory (a hard link to a file outside, a symbolic link, a FIFO, a
+        directory, a socket, a file of another user): using it could write
+        outside the upload directory or block, so the upload is refused with
+        ``not-allowed``, the object is left for the operator (who is told
+        in the log), and nothing is opened but a regular file.
+
+        :returns: the handle and its status, or ``None`` if ``part`` vanished.
+        """
+        try:
+            seen = os.stat(part, dir_fd=dirFD, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not _ownPartial(seen):
+            raise _planted(name, part, seen)
+        try:
+            fd = os.open(part, _KEPT_FLAGS, dir_fd=dirFD)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # swapped since the lstat
+                raise _planted(name, part, None) from None
+            raise
+        try:
+            info = self._lock(fd, dirFD, part, name)
+            if info is not None and not _ownPartial(info):
+                raise _planted(name, part, info)
+        except BaseException:
             _close(fd)
-        raise ProtocolError("busy", f"{name}: partial file keeps changing")
+            raise
+        if info is None:
+            _close(fd)
+            return None
+        return fd, info
+
+    def _lock(self, fd: int, dirFD: int, part: bytes, name: str) -> os.stat_result | None:
+        """Take the exclusive lock of the open partial file ``fd`` (``busy`` if
+        another upload holds it); its status, or ``None`` when ``part`` no
+        longer names it (it was removed or replaced before the lock was had)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProtocolError("busy", f"{name} is being uploaded by another connection") from None
+        info = os.fstat(fd)
+        return info if _sameFile(info, dirFD, part) else None
 
     def _rehash(self, fd: int, length: int, hasher: hashlib._Hash) -> None:
         """Feed the first ``length`` bytes of ``fd`` to ``hasher`` (a hash state
@@ -566,16 +666,22 @@ class UploadStore:
         return removed
 
     def _expire(self, dirFD: int, entry: bytes, now: float) -> bool:
+        """Remove one expired partial file; anything but one of ours (see
+        :meth:`_openKept`) is never opened, and left alone."""
         try:
-            fd = os.open(
-                entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dirFD
-            )
+            if not _ownPartial(os.stat(entry, dir_fd=dirFD, follow_symlinks=False)):
+                return False
+            fd = os.open(entry, _KEPT_FLAGS, dir_fd=dirFD)
         except OSError:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             info = os.fstat(fd)
-            if now - info.st_mtime <= self.resumeTTL or not _sameFile(info, dirFD, entry):
+            if (
+                now - info.st_mtime <= self.resumeTTL
+                or not _ownPartial(info)
+                or not _sameFile(info, dirFD, entry)
+            ):
                 return False
             os.unlink(entry, dir_fd=dirFD)
             return True
@@ -583,6 +689,38 @@ class UploadStore:
             return False
         finally:
             _close(fd)
+
+
+def _ownPartial(info: os.stat_result) -> bool:
+    """Whether ``info`` is what this server leaves under a partial name: a
+    regular file with exactly one link (no name outside the upload directory
+    shares it), owned by the server's own uid."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid == os.geteuid()
+
+
+def _planted(name: str, part: bytes, info: os.stat_result | None) -> ProtocolError:
+    """The refusal of an upload whose partial name holds something this server did not make."""
+    if info is None:
+        what = "it changed while being checked"
+    elif stat.S_ISLNK(info.st_mode):
+        what = "a symbolic link"
+    elif not stat.S_ISREG(info.st_mode):
+        what = f"not a regular file (mode {stat.filemode(info.st_mode)})"
+    elif info.st_nlink != 1:
+        what = f"a file with {info.st_nlink} links"
+    else:
+        what = f"a file owned by uid {info.st_uid}"
+    log.warn(
+        "upload: refused {name}: {part} is not a partial file of this server ({what}); "
+        "remove it to allow uploads of that name and size",
+        name=name,
+        part=part.decode("ascii"),
+        what=what,
+    )
+    return ProtocolError(
+        "not-allowed",
+        f"{name}: something the server did not make is in the way of its partial data",
+    )
 
 
 def _sameFile(here: os.stat_result, dirFD: int, entry: bytes) -> bool:
