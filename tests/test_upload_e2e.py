@@ -11,8 +11,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pexpect
@@ -27,6 +25,7 @@ from netproto.upload.client import Job, sendFile
 from netproto.upload.names import PARTIAL_PREFIX
 from netproto.upload.server import makeFactory
 from tests.support import NETPROTO, BlockingFramed, Twistd, makeContext, runTwistd, token, waitUntil
+from tests.test_upload_hardening import smallTmpfs
 
 MiB = 1 << 20
 
@@ -194,22 +193,6 @@ def test_killed_server_and_dropped_connection_then_resume(tmp_path: Path) -> Non
 
 
 # -- a full file system -------------------------------------------------------------
-
-
-@contextmanager
-def smallTmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?); the injected ENOSPC test covers it")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.mark.e2e
