@@ -21,7 +21,9 @@ Two layers live here, the way h11 splits parsing from I/O:
 from __future__ import annotations
 
 import enum
+import itertools
 import json
+import re
 import struct
 from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
@@ -62,6 +64,44 @@ DEFAULT_MAX_FRAME: Final = 256 * 1024 + 1
 #: producers, so the bound on what one connection buffers grows with it.
 MAX_READ_SIZE: Final = 1024 * 1024
 
+#: Default seconds within which a whole frame must arrive once its first byte
+#: has (``--frame-timeout``; 0 turns it off). A peer trickling a frame holds
+#: its connection and a buffer of up to ``max_frame``: without a deadline, one
+#: byte a second kept both forever. 30 s still lets a frame of the largest size
+#: through any link of 9 KiB/s or more.
+DEFAULT_FRAME_TIMEOUT: Final = 30.0
+#: Default seconds an authenticated connection may stay idle: no frame
+#: received, none in progress and the service not busy (``--idle-timeout``; 0
+#: turns it off). Authenticated peers are trusted, so this is for reclaiming
+#: connections that were forgotten or whose peer vanished without a FIN, not
+#: for defence; 10 minutes (as ProFTPD's ``TimeoutIdle``) never cuts a session
+#: working with pauses, and the bundled clients never hold a connection idle.
+DEFAULT_IDLE_TIMEOUT: Final = 600.0
+#: Seconds a connection closed for a fatal error may take to drain what is
+#: queued for it (the ``E`` frame at least) before it is aborted: a peer that
+#: stopped reading must not keep its connection and buffers by not reading.
+CLOSE_GRACE: Final = 10.0
+#: Deadlines this close to now count as passed, so that float rounding of a
+#: re-armed delayed call cannot make it fire again and again at the same time.
+_SLACK: Final = 1e-6
+
+#: Deepest nesting of arrays and objects in a control payload. netproto's own
+#: payloads nest two levels (``{"env": {...}}``); 32 leaves plugins room and
+#: stays far below Python's recursion limit, so neither the decoder nor code
+#: walking a request can exhaust the stack (a 4 KiB ``A`` frame of ``[`` was a
+#: ``RecursionError``, an ``E internal`` and a traceback in the log).
+MAX_JSON_DEPTH: Final = 32
+#: Largest magnitude of a number in a control payload: what a signed 64-bit
+#: integer holds in any client's language. Every quantity of the protocol
+#: (sizes, offsets, seconds) is far below it; beyond it numbers overflow
+#: ``float()``, ``time_t`` and file offsets (a 400-digit ``timeout`` was an
+#: ``OverflowError`` in exec).
+MAX_JSON_NUMBER: Final = 2**63 - 1
+#: Characters of the longest integer within :data:`MAX_JSON_NUMBER`, sign
+#: included: longer ones are refused before Python converts them (which costs
+#: time quadratic in their length).
+_MAX_INT_CHARS: Final = len(str(-MAX_JSON_NUMBER))
+
 _TYPE_BYTES: Final = [bytes((i,)) for i in range(256)]
 _NO_TYPES: Final[frozenset[bytes]] = frozenset()
 
@@ -94,14 +134,78 @@ def encodeJSON(obj: Mapping[str, Any]) -> bytes:
     return _JSON_ENCODER.encode(obj).encode("utf-8")
 
 
+def _parseInt(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS or abs(value := int(text)) > MAX_JSON_NUMBER:
+        raise ProtocolError("bad-frame", f"an integer of {len(text)} characters is out of range")
+    return value
+
+
+def _parseFloat(text: str) -> float:
+    value = float(text)
+    if not abs(value) <= MAX_JSON_NUMBER:  # also false for NaN
+        raise ProtocolError("bad-frame", f"the number {text[:40]} is out of range")
+    return value
+
+
+def _parseConstant(name: str) -> float:
+    raise ProtocolError("bad-frame", f"{name} is not a number JSON allows")
+
+
+# One decoder for every control payload: numbers checked as they are parsed.
+_JSON_DECODER: Final = json.JSONDecoder(
+    parse_int=_parseInt, parse_float=_parseFloat, parse_constant=_parseConstant
+)
+
+#: A JSON string (or, unterminated, the rest of the payload). It matches at
+#: every ``"`` without backtracking, so stripping strings is linear however the
+#: payload is crafted.
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING: Final = tuple(1 if b in b"[{" else -1 for b in range(256))
+#: ``\uD800`` to ``\uDFFF`` escapes: the only way a payload can carry a lone surrogate.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def nestedDeeperThan(payload: bytes, limit: int) -> bool:
+    """Whether the arrays and objects of a JSON ``payload`` nest deeper than
+    ``limit``, found without parsing it: the brackets outside strings are
+    counted, at C speed (two counts when there are few brackets at all).
+
+    Never an underestimate of how deep a JSON parser would go, valid payload
+    or not: up to where a parser stops, its strings are the ones stripped here.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0) > limit
+
+
 def decodeJSON(payload: bytes) -> dict[str, Any]:
-    """Parse a control payload; anything but a JSON object is a ``bad-frame``."""
+    """Parse a control payload a peer sent: a JSON object in UTF-8.
+
+    What comes back is sane to use: nested at most :data:`MAX_JSON_DEPTH`
+    deep, every number finite and within :data:`MAX_JSON_NUMBER`, every
+    string encodable (no lone surrogates). Anything else, and any way the
+    payload fails to parse, is :class:`ProtocolError` ``bad-frame`` (one
+    log line and a close, never a traceback).
+    """
+    if nestedDeeperThan(payload, MAX_JSON_DEPTH):
+        raise ProtocolError("bad-frame", f"payload nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
+        obj = _JSON_DECODER.decode(payload.decode("utf-8"))
+    except ProtocolError:
+        raise
+    except Exception as e:  # every way a peer's bytes can fail to parse is its mistake
         raise ProtocolError("bad-frame", f"payload is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad-frame", "payload must be a JSON object")
+    if _SURROGATE_ESCAPE.search(payload):
+        try:
+            encodeJSON(obj)
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                "bad-frame", "payload has a lone surrogate (\\uD800-\\uDFFF)"
+            ) from None
     return obj
 
 
@@ -126,12 +230,16 @@ class FrameDecoder:
 
     :ivar maxFrame: the largest frame length (type byte included) accepted;
         it may be changed between frames, e.g. once the peer authenticates.
+    :ivar completed: how many frames have come out whole (a streamed frame
+        counts once its last piece has), so a caller can tell whether a frame
+        ended without looking at each one.
     """
 
-    __slots__ = ("_buf", "_pos", "_streamKind", "_streamLeft", "maxFrame")
+    __slots__ = ("_buf", "_pos", "_streamKind", "_streamLeft", "completed", "maxFrame")
 
     def __init__(self, maxFrame: int) -> None:
         self.maxFrame = maxFrame
+        self.completed = 0
         self._buf: bytes | bytearray = b""
         self._pos = 0
         #: payload bytes still to come of the frame :meth:`take` is streaming
@@ -141,6 +249,12 @@ class FrameDecoder:
     def __len__(self) -> int:
         """Bytes received and not yet returned as frames."""
         return len(self._buf) - self._pos
+
+    @property
+    def inFrame(self) -> bool:
+        """Whether bytes of a frame have arrived and the frame has not come out
+        whole yet (or frames are held: a caller that stopped taking them)."""
+        return self._streamLeft > 0 or len(self._buf) > self._pos
 
     def feed(self, data: bytes) -> None:
         """Add received bytes."""
@@ -196,6 +310,7 @@ class FrameDecoder:
             self._buf, self._pos = b"", 0
         else:
             self._pos = end
+        self.completed += 1
         return kind, payload
 
     def take(self, streamed: Container[bytes]) -> tuple[bytes, bytes | memoryview] | None:
@@ -218,6 +333,8 @@ class FrameDecoder:
                 return None
             n = min(avail, left)
             self._streamLeft = left - n
+            if n == left:
+                self.completed += 1
             return self._streamKind, self._piece(buf, pos, pos + n)
         if avail < 5 or _TYPE_BYTES[buf[pos + 4]] not in streamed:
             return self.next()
@@ -234,6 +351,8 @@ class FrameDecoder:
             self._advance(buf, pos + 5)
             return None
         self._streamLeft, self._streamKind = length - 1 - n, kind
+        if n == length - 1:
+            self.completed += 1
         return kind, self._piece(buf, pos + 5, pos + 5 + n)
 
     def _piece(self, buf: bytes | bytearray, start: int, end: int) -> bytes | memoryview:
@@ -297,10 +416,19 @@ class FramedProtocol(Int32StringReceiver):
     """The server side of a framed service.
 
     Subclasses set :attr:`serviceName` and :attr:`frameHandlers` (frame type
-    to handler, valid once authenticated) and may override :meth:`authenticated`
-    and ``connectionLost``. A handler raises :class:`ProtocolError` for the
-    peer's mistakes; it may return a Deferred, whose failure is handled the
-    same way. The factory must be a :class:`FramedFactory`.
+    to handler, valid once authenticated) and may override :meth:`authenticated`,
+    :meth:`isBusy`, :meth:`readingPaused` and ``connectionLost``. A handler
+    raises :class:`ProtocolError` for the peer's mistakes; it may return a
+    Deferred, whose failure is handled the same way. The factory must be a
+    :class:`FramedFactory`.
+
+    Deadlines (each ``E timeout`` and a close): authentication within the
+    factory's ``graceTimeout``; every frame whole within ``frameTimeout`` of
+    its first byte, before and after authentication; and, once
+    authenticated, a frame at least every ``idleTimeout`` unless the service
+    :meth:`isBusy`. One delayed call per connection watches the last two: a
+    read only stores the time, and the call is moved only when a frame starts
+    that must end before it.
     """
 
     serviceName: ClassVar[str] = "framed"
@@ -323,6 +451,14 @@ class FramedProtocol(Int32StringReceiver):
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._graceTimer: IDelayedCall | None = None
         self._failTimer: IDelayedCall | None = None
+        #: The one delayed call that checks the frame and idle deadlines (then
+        #: aborts a connection that was closed and does not drain).
+        self._watchdog: IDelayedCall | None = None
+        #: When the first byte of the frame being received arrived; None between frames.
+        self._frameStart: float | None = None
+        #: When the peer last sent anything (or the service was last seen busy).
+        self._lastActive = 0.0
+        self._wasBusy = False
 
     # -- connection life ---------------------------------------------------
 
@@ -347,10 +483,10 @@ class FramedProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self.state = State.CLOSED
-        for timer in (self._graceTimer, self._failTimer):
+        for timer in (self._graceTimer, self._failTimer, self._watchdog):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._graceTimer = self._failTimer = None
+        self._graceTimer = self._failTimer = self._watchdog = None
         self.log.info(
             "{service}: {peer} disconnected ({user})",
             service=self.serviceName,
@@ -363,6 +499,80 @@ class FramedProtocol(Int32StringReceiver):
         if self.state in (State.UNAUTHENTICATED, State.AUTHENTICATING):
             self.fail(ProtocolError("timeout", "no authentication within the grace period"))
 
+    # -- the frame and idle deadlines -------------------------------------------
+
+    def isBusy(self) -> bool:
+        """Whether the service has work in progress for this connection (a
+        command running, a transfer open): a busy connection is never idle.
+        Services override this; the base has nothing in progress."""
+        return False
+
+    def readingPaused(self) -> bool:
+        """Whether the service has paused reading this connection (its
+        consumer is full). The frame deadline does not run out while it is:
+        the peer cannot send then. Services that pause the transport override
+        this."""
+        return False
+
+    def _noteProgress(self, completed: bool) -> None:
+        """After a read was handled: note the time, and when a frame started,
+        make sure the watchdog runs by its deadline."""
+        factory = self.factory
+        now = factory.context.reactor.seconds()
+        self._lastActive = now
+        if not self._decoder.inFrame:
+            self._frameStart = None
+            if self._watchdog is None and self.state is State.READY and factory.idleTimeout:
+                self._armWatchdog(now + factory.idleTimeout)
+        elif completed or self._frameStart is None:
+            self._frameStart = now
+            if factory.frameTimeout:
+                self._armWatchdog(now + factory.frameTimeout)
+
+    def _armWatchdog(self, when: float) -> None:
+        """Have the watchdog run at ``when`` at the latest (never later than it is)."""
+        reactor = self.factory.context.reactor
+        delay = max(0.0, when - reactor.seconds())
+        timer = self._watchdog
+        if timer is None or not timer.active():
+            self._watchdog = reactor.callLater(delay, self._checkDeadlines)
+        elif timer.getTime() > when:
+            timer.reset(delay)
+
+    def _checkDeadlines(self) -> None:
+        """Close the connection whose frame or idle deadline has passed;
+        otherwise run again by the next deadline."""
+        self._watchdog = None
+        if self.state is State.CLOSED:
+            return
+        factory = self.factory
+        now = factory.context.reactor.seconds()
+        if self._frameStart is not None and self._decoder.inFrame and factory.frameTimeout:
+            if self.state is State.AUTHENTICATING or self.readingPaused():
+                # Not reading (credentials being checked, the service's
+                # consumer full): the peer could not send; its clock restarts.
+                self._frameStart = now
+            elif now + _SLACK >= self._frameStart + factory.frameTimeout:
+                self.fail(
+                    ProtocolError(
+                        "timeout", f"a frame did not arrive whole within {factory.frameTimeout:g} s"
+                    )
+                )
+                return
+            self._armWatchdog(self._frameStart + factory.frameTimeout)
+        elif self.state is State.READY and factory.idleTimeout:
+            self._frameStart = None
+            busy = self.isBusy()
+            if busy or self._wasBusy:
+                # Busy time counts as activity, and so does the end of it: the
+                # peer gets a whole idle period after its command or transfer.
+                self._lastActive = now
+            self._wasBusy = busy
+            if now + _SLACK >= self._lastActive + factory.idleTimeout:
+                self.fail(ProtocolError("timeout", f"idle for {factory.idleTimeout:g} s; closing"))
+                return
+            self._armWatchdog(self._lastActive + factory.idleTimeout)
+
     # -- receiving -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -374,6 +584,13 @@ class FramedProtocol(Int32StringReceiver):
         self._dispatchBuffered()
 
     def _dispatchBuffered(self) -> None:
+        decoder = self._decoder
+        completed = decoder.completed
+        self._dispatchFrames()
+        if self.state is not State.CLOSED:
+            self._noteProgress(decoder.completed != completed)
+
+    def _dispatchFrames(self) -> None:
         decoder = self._decoder
         while self.state is not State.CLOSED and self.state is not State.AUTHENTICATING:
             try:
@@ -546,6 +763,17 @@ class FramedProtocol(Int32StringReceiver):
             self.state = State.CLOSED
             if self.transport is not None:
                 self.transport.loseConnection()
+                if self._watchdog is not None and self._watchdog.active():
+                    self._watchdog.cancel()
+                self._watchdog = self.factory.context.reactor.callLater(
+                    CLOSE_GRACE, self._drainExpired
+                )
+
+    def _drainExpired(self) -> None:
+        """The peer did not take what was left for it within :data:`CLOSE_GRACE`."""
+        self._watchdog = None
+        if self.transport is not None:
+            getattr(self.transport, "abortConnection", self.transport.loseConnection)()
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.fail(ProtocolError("frame-too-large", f"frame length {length} is over the limit"))
@@ -558,12 +786,21 @@ class FramedFactory(ServerFactory):
     :ivar maxFrame: the post-authentication frame limit announced in the hello.
     :ivar graceTimeout: seconds an unauthenticated connection may stay.
     :ivar authFailureDelay: seconds between a failed ``A`` and its answer.
+    :ivar frameTimeout: seconds a frame may take to arrive whole from its
+        first byte (``--frame-timeout``; 0: no limit).
+    :ivar idleTimeout: seconds an authenticated connection may stay idle
+        (``--idle-timeout``; 0: no limit).
     """
 
     protocol = FramedProtocol  # type: ignore[assignment]
     graceTimeout: float = 30.0
     authFailureDelay: float = 1.0
+    frameTimeout: float = DEFAULT_FRAME_TIMEOUT
+    idleTimeout: float = DEFAULT_IDLE_TIMEOUT
 
     def __init__(self, context: ServerContext, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
         self.context = context
         self.maxFrame = maxFrame
+        options = context.options
+        self.frameTimeout = float(options.get("frame-timeout", self.frameTimeout))
+        self.idleTimeout = float(options.get("idle-timeout", self.idleTimeout))

@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from netproto.auth import AuthSetupError, makePortal
+from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT
+from netproto.options import seconds
 from netproto.runtime import raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
@@ -67,6 +69,22 @@ class ServerOptions(usage.Options):
             None,
             "Users file (NAME:HASH lines from `netproto passwd`); "
             "with it, exec and upload take passwords instead of the token.",
+        ],
+        [
+            "frame-timeout",
+            None,
+            DEFAULT_FRAME_TIMEOUT,
+            "Seconds a frame of a framed service (exec, upload) may take to arrive whole "
+            "once its first byte has; a peer trickling a frame gets E timeout. 0: no limit.",
+            seconds,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds an authenticated exec or upload connection may stay idle (no frame, "
+            "no command running, no transfer open) before it gets E timeout. 0: no limit.",
+            seconds,
         ],
     ]
 
@@ -192,6 +210,9 @@ def makeService(options: ServerOptions) -> IServiceCollection:
     if not options.endpoints:
         log.warn("netproto: every service is disabled; nothing to serve")
     reactor = options.context.reactor
+    from netproto.status import installStatusSignal  # SIGUSR1 logs a status line
+
+    installStatusSignal(top, reactor)
     # Once the loop turns, signal handlers are installed: SIGTERM now means a
     # clean shutdown. Supervisors and tests wait for this line.
     reactor.callWhenRunning(

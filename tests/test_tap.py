@@ -9,6 +9,7 @@ import pytest
 from twisted.application.service import IServiceCollection
 from twisted.python import usage
 
+from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FramedFactory
 from netproto.runtime import raiseFileLimit
 from netproto.services import ListeningService, ServiceError, parseDatagramEndpoint
 from netproto.tap import Options, ServerOptions, defaultDataDir, makeService
@@ -55,6 +56,8 @@ def test_service_adds_plugins_with_or_without_endpoint(tmp_path: Path) -> None:
         (["--exec", "bogus:1"], "exec endpoint"),
         (["--service", "dgram-echo=tcp:9"], "dgram-echo endpoint"),
         (["--users", "/nonexistent/users"], "cannot read users file"),
+        (["--frame-timeout", "-1"], "not a finite number"),
+        (["--idle-timeout", "soon"], "idle-timeout|soon"),
     ],
 )
 def test_mistakes_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -77,6 +80,22 @@ def test_services_contribute_their_options(tmp_path: Path) -> None:
     options = parse(tmp_path, "--echo-max-line", "99")
     assert options.context is not None
     assert options.context.options["echo-max-line"] == 99
+
+
+def test_frame_and_idle_timeouts_reach_the_framed_services(tmp_path: Path) -> None:
+    """--frame-timeout and --idle-timeout are global options every framed factory reads;
+    their defaults are the documented ones, and 0 (off) is accepted."""
+    options = parse(tmp_path, "--frame-timeout", "2.5", "--idle-timeout", "0")
+    assert options.context is not None
+    factory = FramedFactory(options.context)
+    assert (factory.frameTimeout, factory.idleTimeout) == (2.5, 0.0)
+    defaults = parse(tmp_path)
+    assert defaults.context is not None
+    factory = FramedFactory(defaults.context)
+    assert (factory.frameTimeout, factory.idleTimeout) == (
+        DEFAULT_FRAME_TIMEOUT,
+        DEFAULT_IDLE_TIMEOUT,
+    )
 
 
 def test_makeService_builds_one_listener_per_endpoint(tmp_path: Path) -> None:
