@@ -26,8 +26,9 @@ Where: only on transports whose write path is known: Twisted's plain TCP and UNI
 stream server connections (exact classes, not subclasses; not once TLS has been
 started on them). Anything else (a TLS wrapper, an endpoint wrapper, a test's
 ``StringTransport``) gets plain ``transport.write``: :func:`directSocket` returns
-None for it. This reads two attributes of Twisted's ``FileDescriptor``
-(``dataBuffer`` and ``_tempDataBuffer``: its whole output buffer) and takes the
+None for it. This reads four attributes of Twisted's ``FileDescriptor``
+(``dataBuffer`` with its ``offset``, and ``_tempDataBuffer`` with its
+``_tempDataLen``: its whole output buffer) and takes the
 socket from the public ``getHandle()``; it changes nothing of Twisted's and
 patches nothing. ``tests/test_chat_direct.py`` holds Twisted to these
 assumptions, so an upgrade that breaks them fails there first.
@@ -58,6 +59,13 @@ def directSocket(transport: Any) -> socket.socket | None:
 def holdsNothing(transport: Any) -> bool:
     """Whether Twisted's transport (one :func:`directSocket` accepted) has no unsent byte."""
     return not transport.dataBuffer and not transport._tempDataBuffer
+
+
+def unsent(transport: Any) -> int:
+    """Bytes Twisted's transport (one :func:`directSocket` accepted) holds and has not
+    sent yet: the unsent rest of ``dataBuffer`` (from ``offset`` on) and ``_tempDataBuffer``."""
+    held: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return held
 
 
 def sendNow(transport: Any, data: bytes) -> None:

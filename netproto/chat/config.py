@@ -20,10 +20,14 @@ class ChatConfig:
         Twenty lines are a screenful of context without flooding a newcomer.
     :ivar maxLine: longest input line in bytes (the CR of CRLF not counted);
         PROTOCOL.md section 1 says 4096.
-    :ivar maxQueue: bytes of output a client may leave unread before it is cut
-        off (256 KiB by contract). Counted from the moment the transport reports
-        its buffer full, less the transport's own threshold (see
-        :data:`netproto.chat.protocol.TRANSPORT_BUFFER`).
+    :ivar maxQueue: bytes of output the server may hold unsent for a client before
+        it is cut off (256 KiB by contract): what Twisted's transport still holds,
+        measured each time a line is queued (the history replay on joining
+        included), so a reader that keeps up, however slowly, is never cut off and
+        one that stops never holds more. Where the transport's buffer cannot be read
+        (TLS), estimated as the transport's own threshold (see
+        :data:`netproto.chat.protocol.TRANSPORT_BUFFER`) plus what was written
+        since it reported its buffer full.
     :ivar rate: sustained lines per second per client; 0 turns flood control off.
     :ivar burst: lines a client may send back to back before ``rate`` applies.
     :ivar maxClients: connections in total (0: no cap). Ten thousand leaves room
@@ -33,6 +37,12 @@ class ChatConfig:
         household or a NAT share an address but stops one host taking all slots.
     :ivar idleTimeout: seconds without a line before a client is disconnected;
         0 (the default) never disconnects a quiet reader.
+    :ivar closeGrace: seconds a closing connection (``/quit``, the idle timeout) has
+        to hand its client what is still queued before it is aborted. A reader on
+        any live link takes ``maxQueue`` in far less than 5 s; a client that
+        stopped reading, or whose host vanished, would otherwise keep its socket
+        and its buffer forever. The member's connection slots are free as soon as
+        it has left the chat, whatever this is; 0 aborts at once.
     :ivar noticeDelay: seconds a room notice (join, part, quit, nick change) may
         wait for a message to go out with; see :class:`netproto.chat.state.ChatRoom`.
         10 ms is far below what a person notices, and long enough for a client that
@@ -48,6 +58,7 @@ class ChatConfig:
     maxClients: int = 10000
     maxPerAddress: int = 64
     idleTimeout: float = 0.0
+    closeGrace: float = 5.0
     noticeDelay: float = 0.01
 
     @classmethod
@@ -62,6 +73,7 @@ class ChatConfig:
             "maxClients": ("chat-max-clients", int),
             "maxPerAddress": ("chat-max-per-address", int),
             "idleTimeout": ("chat-idle-timeout", float),
+            "closeGrace": ("chat-close-grace", float),
         }
         values: dict[str, Any] = {}
         for attr, (option, kind) in names.items():

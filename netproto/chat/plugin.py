@@ -41,5 +41,8 @@ service = LazyService(
         ["chat-idle-timeout", None, 0.0,
          "Seconds without a line from a client before it is disconnected; 0 disables.",
          seconds],
+        ["chat-close-grace", None, 5.0,
+         "Seconds a closing client has to read what is queued for it before it is aborted.",
+         seconds],
     ],
 )  # fmt: skip

@@ -11,11 +11,19 @@ What it adds to the plain line splitting, each because a real client needs it:
 - Flood control as a token bucket in its "virtual scheduling" form: one float per
   client (the time its next line is due), checked against the clock on each line;
   no timer per client.
-- Slow readers: the connection registers itself as the transport's streaming
-  producer, so the transport says (``pauseProducing``) when its buffer passes its
-  threshold and (``resumeProducing``) when it is empty again. In between, the
-  bytes written are counted; past ``--chat-max-queue`` the client is cut off
-  (``abortConnection``: its buffer is freed at once). Nobody else waits for it.
+- Slow readers: each time a line is queued, what Twisted's transport still holds
+  unsent is measured (:func:`netproto.directsend.unsent`); a line that would take
+  it past ``--chat-max-queue`` cuts the client off (``abortConnection``: its
+  buffer is freed at once). What counts is what is still queued, so a reader that
+  keeps up, however slowly, stays, and one that stops never holds more than the
+  bound, the history replayed on joining included. Nobody else waits for it.
+  Where the buffer cannot be read (TLS, test transports), the connection is the
+  transport's streaming producer and the bytes written between its
+  ``pauseProducing`` and ``resumeProducing`` are counted instead.
+- Closing: ``/quit`` and the idle timeout free the member's connection slots at
+  once and close the connection once its client has taken what is queued, or
+  abort it after ``--chat-close-grace``: a client that stopped reading (or whose
+  host vanished) cannot keep its socket and buffer.
 - Output leaves at once: while Twisted holds nothing for the connection, a delivery
   is one ``send`` on its socket instead of a write on the next reactor turn
   (:mod:`netproto.directsend`), and TCP connections have Nagle's algorithm off.
@@ -30,7 +38,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -39,22 +47,25 @@ from netproto.addresses import describePeer
 from netproto.chat.commands import interpret
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
-from netproto.directsend import directSocket, holdsNothing
+from netproto.directsend import directSocket, holdsNothing, unsent
 
 if TYPE_CHECKING:
     from netproto.chat.server import ChatFactory
 
-#: The threshold past which Twisted's TCP transport calls ``pauseProducing``
-#: (``FileDescriptor.bufferSize``). A client is cut off once what was written to it
-#: since then passes ``maxQueue`` minus this, so its whole queue stays near ``maxQueue``.
+#: The threshold past which Twisted's transports call ``pauseProducing``
+#: (``FileDescriptor.bufferSize``). Where a transport's buffer cannot be read, a
+#: client is cut off once what was written to it since then passes ``maxQueue``
+#: minus this, so its whole queue stays near ``maxQueue``.
 TRANSPORT_BUFFER = 64 * 1024
 
 SLOW_DOWN = errorLine("slow down")
 
 _DONE = Failure(ConnectionDone())
-_FLOWING = -1  # _backlog: the transport has room
+_FLOWING = -1  # _backlog: write through the transport (it may hold some already)
 _CUT = -2  # _backlog: cut off; everything is dropped until the connection is gone
 _DIRECT = -3  # _backlog: Twisted holds nothing for the connection: send on its socket
+# _backlog >= 0: a transport whose buffer cannot be read reported it full; the bytes
+# written since.
 
 
 @implementer(IParticipant, IPushProducer)
@@ -68,10 +79,12 @@ class ChatProtocol(LineReceiver):
     delimiter = b"\n"
 
     __slots__ = (
+        "_abortCall",
         "_backlog",
         "_discarding",
         "_pending",
         "_reason",
+        "_slot",
         "_socket",
         "_tat",
         "_telnet",
@@ -99,6 +112,8 @@ class ChatProtocol(LineReceiver):
         self._pending: bytes | None = None  # input after an over-long line
         self._throttled = False  # "! slow down" already sent for this burst
         self._reason: str | None = None  # why we closed, for the quit notice
+        self._slot = True  # holds its connection slots (see ChatFactory.release)
+        self._abortCall: IDelayedCall | None = None  # the end of --chat-close-grace
 
     # -- connection ----------------------------------------------------------------
 
@@ -135,8 +150,11 @@ class ChatProtocol(LineReceiver):
             nick=self.nick,
             why=why,
         )
+        abortCall = self._abortCall
+        if abortCall is not None and abortCall.active():
+            abortCall.cancel()
         factory.server.disconnect(self, why)
-        factory.release(self)
+        self._release()
 
     # -- input ---------------------------------------------------------------------
 
@@ -206,38 +224,73 @@ class ChatProtocol(LineReceiver):
         While Twisted holds nothing for the connection (``_DIRECT``), one ``send``
         on the socket; the rest of it, if the kernel took only part, and everything
         after that, through ``transport.write`` behind what Twisted holds, until its
-        buffer is empty again. Once Twisted reports its buffer full, what is
-        written is counted and past ``--chat-max-queue`` the client is cut off.
-        See :mod:`netproto.directsend`.
+        buffer is empty again (see :mod:`netproto.directsend`). A line that would
+        take what Twisted holds unsent past ``--chat-max-queue`` cuts the client off.
         """
         backlog = self._backlog
-        if backlog == _DIRECT:
+        if backlog == _CUT:
+            return
+        sock = self._socket
+        transport = self.transport
+        if sock is None:
+            self._deliverCounted(line, backlog)
+            return
+        if backlog == _DIRECT or holdsNothing(transport):
             try:
-                sent = self._socket.send(line)  # type: ignore[union-attr]
+                sent = sock.send(line)
             except OSError:  # EAGAIN, ENOBUFS or a dead connection: Twisted finds out
                 sent = 0
-            if sent != len(line):
-                self._backlog = _FLOWING  # first, as the write may pause us
-                self.transport.write(line[sent:] if sent else line)  # type: ignore[union-attr]
-        elif backlog == _FLOWING:
-            if self._socket is not None and holdsNothing(self.transport):
+            if sent == len(line):
                 self._backlog = _DIRECT
-                self.deliver(line)
-            else:
-                self.transport.write(line)  # type: ignore[union-attr]
-        elif backlog >= 0:
+                return
+            if sent:
+                line = line[sent:]
+            queued = len(line)
+        else:
+            queued = unsent(transport) + len(line)
+        if queued > self.factory.config.maxQueue:
+            self._cutOff()
+        else:
+            self._backlog = _FLOWING
+            transport.write(line)  # type: ignore[union-attr]
+
+    def _deliverCounted(self, line: bytes, backlog: int) -> None:
+        """:meth:`deliver` on a transport whose buffer cannot be read: count what is
+        written once it reported its buffer full, the write that filled it included."""
+        if backlog >= 0:
             backlog += len(line)
             if backlog > self.factory.queueAllowance:
                 self._cutOff()
+                return
+            self._backlog = backlog
+            self.transport.write(line)  # type: ignore[union-attr]
+            return
+        self.transport.write(line)  # type: ignore[union-attr]
+        if self._backlog == 0:  # this write filled the buffer (pauseProducing)
+            if len(line) > self.factory.queueAllowance:
+                self._cutOff()
             else:
-                self._backlog = backlog
-                self.transport.write(line)  # type: ignore[union-attr]
+                self._backlog = len(line)
 
     def close(self) -> None:
+        """The member has left the chat: free its connection slots now, and close once
+        its client has taken what is queued, or abort after ``--chat-close-grace``."""
         transport = self.transport
         assert transport is not None
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseConnection()
+        self._release()
+        if self._abortCall is None and self._backlog != _CUT:
+            factory = self.factory
+            self._abortCall = factory.clock.callLater(
+                factory.config.closeGrace,
+                transport.abortConnection,  # type: ignore[attr-defined]
+            )
+
+    def _release(self) -> None:
+        if self._slot:
+            self._slot = False
+            self.factory.release(self)
 
     def _cutOff(self) -> None:
         self._backlog = _CUT
@@ -251,25 +304,21 @@ class ChatProtocol(LineReceiver):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def timedOut(self) -> None:
-        """The idle timeout passed: say so, tell the room, close."""
-        factory = self.factory
-        factory.server.send(
-            self, errorLine(f"idle for {factory.config.idleTimeout:g} s; disconnecting")
-        )
+        """The idle sweep is dismissing this member: its end is logged as an idle timeout."""
         self._reason = "idle timeout"
-        factory.server.quit(self, self._reason)
 
     # -- IPushProducer: the transport's signals about its output buffer ------------------
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: count what is written from now on."""
-        if self._backlog in (_FLOWING, _DIRECT):
+        """The transport's buffer is full: where it cannot be read, count what is
+        written from now on (see :meth:`_deliverCounted`)."""
+        if self._backlog == _FLOWING and self._socket is None:
             self._backlog = 0
 
     def resumeProducing(self) -> None:
         """The transport's buffer is empty again."""
         if self._backlog >= 0:
-            self._backlog = _FLOWING  # deliver finds the buffer empty: _DIRECT
+            self._backlog = _FLOWING
 
     def stopProducing(self) -> None:
         """The connection is gone; :meth:`connectionLost` does the rest."""

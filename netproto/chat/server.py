@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -26,6 +26,12 @@ SERVER_FULL = errorLine("server full")
 #: is disconnected between 1 and 1.25 timeouts after its last line. One sweep over
 #: every client costs far less than a timer per client.
 SWEEP_FRACTION = 0.25
+
+#: Members the idle sweep dismisses per reactor turn. Each costs a farewell line, a
+#: close and a quit notice queued in its room (tens of microseconds); a pass over
+#: thousands goes on at the next turn (``callLater(0)``) every this many, so the
+#: reactor serves everyone else in between and a sweep never holds it for long.
+SWEEP_BATCH = 100
 
 
 class Refusal(Protocol):
@@ -69,6 +75,7 @@ class ChatFactory(ServerFactory):
         self.burstTolerance = (config.burst - 0.5) * self.lineInterval
         self.queueAllowance = max(0, config.maxQueue - TRANSPORT_BUFFER)
         self._sweeper: LoopingCall | None = None
+        self._sweeping: IDelayedCall | None = None  # the next turn of a sweep pass
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         config = self.config
@@ -92,7 +99,8 @@ class ChatFactory(ServerFactory):
         return refusal
 
     def release(self, proto: ChatProtocol) -> None:
-        """A connection built by :meth:`buildProtocol` is gone: free its slots."""
+        """A member built by :meth:`buildProtocol` left the chat: free its slots (once;
+        its connection may take up to ``closeGrace`` more to close)."""
         self.clients -= 1
         key = proto.address
         if key is not None:
@@ -115,13 +123,39 @@ class ChatFactory(ServerFactory):
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            self._sweeping = None
 
     def sweep(self) -> None:
-        """Disconnect every client that sent no line for ``idleTimeout`` seconds."""
+        """Dismiss every member that sent no line for ``idleTimeout`` seconds.
+
+        The pass goes :data:`SWEEP_BATCH` members per reactor turn, and each batch
+        costs its room one flush (:meth:`ChatServer.dismiss`), so a sweep of N idle
+        members in a room of N is linear, not N² deliveries in one turn.
+        """
+        if self._sweeping is not None:
+            return  # the previous pass is still going
         limit = self.clock.seconds() - self.config.idleTimeout
-        for participant in list(self.server.nicks.values()):
-            if isinstance(participant, ChatProtocol) and participant.lastActive <= limit:
-                participant.timedOut()
+        idle = [
+            p
+            for p in self.server.nicks.values()
+            if isinstance(p, ChatProtocol) and p.lastActive <= limit
+        ]
+        self._dismissIdle(idle, 0, limit)
+
+    def _dismissIdle(self, idle: list[ChatProtocol], start: int, limit: float) -> None:
+        """One turn of a sweep pass: ``idle[start:]``, :data:`SWEEP_BATCH` at most."""
+        self._sweeping = None
+        end = start + SWEEP_BATCH
+        # Skip those who left, or spoke, since the pass began.
+        batch = [p for p in idle[start:end] if p.room is not None and p.lastActive <= limit]
+        for p in batch:
+            p.timedOut()
+        farewell = errorLine(f"idle for {self.config.idleTimeout:g} s; disconnecting")
+        self.server.dismiss(batch, "idle timeout", farewell)
+        if end < len(idle):
+            self._sweeping = self.clock.callLater(0, self._dismissIdle, idle, end, limit)
 
 
 def makeFactory(context: ServerContext) -> ChatFactory:

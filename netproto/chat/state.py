@@ -15,13 +15,14 @@ turns them into ``! TEXT`` lines.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections import deque
 from collections.abc import Iterable, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface
+
+from netproto.chat.confusables import skeleton
 
 CRLF = b"\r\n"
 
@@ -43,9 +44,22 @@ LIST_LINE = 400
 _SOON = 1
 _LATER = 2
 
-# C0 and C1 control characters and DEL, except TAB: relayed to other people's
-# terminals they could move the cursor, change colours or retitle windows.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Removed from relayed text, by Unicode general category:
+# - Cc, C0 and C1 controls and DEL (TAB kept): relayed to other people's terminals
+#   they could move the cursor, change colours or retitle windows;
+# - Cf, format characters: the BiDi embeddings, overrides, isolates and marks
+#   (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C) reorder what follows
+#   them as displayed (a line that reads as something else, a forged nick), and the
+#   invisible ones (U+200B, U+2060, U+FEFF, tags) hide text in plain sight;
+# - Zl and Zp, U+2028 and U+2029: some clients break the line there, so one
+#   message could show as a second, forged line.
+_REMOVED = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Kept: TAB, and the zero-width (non-)joiner, which Persian and Indic writing and
+# emoji sequences need; they join or part the letters beside them, nothing more.
+_KEPT = frozenset("\t\u200c\u200d")
+
+# Letters (category Lo) that show as nothing: a name made of them is invisible.
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 
 class ChatError(Exception):
@@ -92,31 +106,48 @@ def errorLine(text: str) -> bytes:
 
 
 def cleanText(text: str) -> str:
-    """``text`` without control characters (TAB kept) and surrounding whitespace."""
-    if _CONTROL.search(text) is not None:
-        text = _CONTROL.sub("", text)
+    """``text`` without control, format and line-separator characters (TAB and the
+    zero-width joiners kept; see :data:`_REMOVED`) and surrounding whitespace."""
+    if not text.isprintable():  # the common case is one C-speed check
+        text = "".join(
+            [
+                c
+                for c in text
+                if c.isprintable() or c in _KEPT or unicodedata.category(c) not in _REMOVED
+            ]
+        )
     return text.strip()
 
 
 def normalizeName(name: str) -> str | None:
-    """``name`` in NFC if it is a valid nick or room name, else None.
+    """``name`` in NFKC if it is a valid nick or room name, else None.
 
-    1-32 characters, each a letter (any script), a decimal digit, ``_`` or ``-``.
-    NFC first, so an accented letter typed as letter + combining mark counts as
-    the letter it shows.
+    1-32 characters, each a letter (any script), a decimal digit, ``_`` or ``-``,
+    and none of the letters that show as nothing. NFKC first, so an accented letter
+    typed as letter + combining mark counts as the letter it shows, and the
+    compatibility forms of letters (fullwidth ``a`` U+FF41, the ligature ``fi`` U+FB01, ...)
+    become the letters they stand for, shown as such.
     """
-    name = unicodedata.normalize("NFC", name)
+    name = unicodedata.normalize("NFKC", name)
     if not 1 <= len(name) <= MAX_NAME:
         return None
     for ch in name:
-        if not (ch.isalpha() or ch.isdecimal() or ch in "_-"):
+        if not (ch.isalpha() or ch.isdecimal() or ch in "_-") or ch in _INVISIBLE_LETTERS:
             return None
     return name
 
 
 def nameKey(name: str) -> str:
-    """The key under which a name is unique: case ignored (``casefold``)."""
-    return name.casefold()
+    """The key under which a name is unique: names that differ only in case, or that
+    look alike (Unicode TR39 confusables: Cyrillic ``a`` U+0430 for Latin ``a``, ``0`` for
+    ``O``, ``rn`` for ``m``), have one key.
+
+    The skeleton of the case fold, folded and skeletonised again: some prototypes
+    are capitals (``0`` looks like ``O``), and case folding comes first so that
+    ``BOB`` and ``bob`` stay one name. (So a capital ``I`` counts as ``i``, not as
+    the ``l`` it may look like.)
+    """
+    return skeleton(skeleton(name.casefold()).casefold())
 
 
 def listLines(head: str, items: Iterable[str]) -> Iterator[bytes]:
@@ -350,6 +381,29 @@ class ChatServer:
         )
         self.send(participant, welcome + self._history(room))
 
+    def dismiss(self, participants: Iterable[IParticipant], reason: str, farewell: bytes) -> None:
+        """Remove several participants at once (the idle sweep): each gets what its
+        room owed it, then ``farewell``; its room hears ``*** NICK has quit (REASON)``;
+        then it is closed.
+
+        However many leave, each room is flushed once here and its quit notices go
+        out together at its next flush: one write per remaining member. (A
+        :meth:`quit` for each would flush the room twice per leaver: N² deliveries
+        in one turn for N leaving a room of N.) A participant dismissed does not get
+        the quit notices of the others dismissed with it.
+        """
+        flushed: set[ChatRoom] = set()
+        for participant in participants:
+            room = participant.room
+            if room is None:
+                continue
+            if room not in flushed:
+                flushed.add(room)
+                room.flush()
+            participant.deliver(farewell)
+            self.disconnect(participant, reason)
+            participant.close()
+
     def disconnect(self, participant: IParticipant, reason: str) -> None:
         """Remove ``participant`` and tell its room ``*** NICK has quit (REASON)``.
 
@@ -415,7 +469,7 @@ class ChatServer:
         text = cleanText(text)
         if not nick or not text:
             raise ChatError("usage: /msg NICK TEXT")
-        target = self.nicks.get(nameKey(unicodedata.normalize("NFC", nick)))
+        target = self.nicks.get(nameKey(unicodedata.normalize("NFKC", nick)))
         if target is None:
             raise ChatError(f"no such nick: {cleanText(nick)}")
         self.send(target, encodeLine(f"*{participant.nick}* {text}"))
@@ -479,7 +533,7 @@ class ChatServer:
 
     def listRooms(self, participant: IParticipant) -> None:
         """``/rooms``: every room with its member count, by name."""
-        rooms = sorted(self.rooms.values(), key=lambda r: nameKey(r.name))
+        rooms = sorted(self.rooms.values(), key=lambda r: r.name.casefold())
         head = f"{len(rooms)} room" + ("" if len(rooms) == 1 else "s")
         for line in listLines(head, (f"{r.label} ({len(r.members)})" for r in rooms)):
             self.send(participant, line)
