@@ -21,8 +21,14 @@ from tests.support import makeContext
 class Harness:
     """A chat factory on a fake clock, with in-memory connections."""
 
-    def __init__(self, **config: Any) -> None:
-        self.clock = Clock()
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        transportClass: type[StringTransport] = StringTransport,
+        **config: Any,
+    ) -> None:
+        self.clock = Clock() if clock is None else clock
+        self.transportClass = transportClass
         self.factory = ChatFactory(ChatConfig(**config), self.clock)
         self.factory.startFactory()
         self.port = 40000
@@ -33,7 +39,7 @@ class Harness:
         addr = IPv4Address("TCP", host, self.port)
         proto = self.factory.buildProtocol(addr)
         assert isinstance(proto, ChatProtocol)
-        transport = StringTransport(peerAddress=addr)
+        transport = self.transportClass(peerAddress=addr)
         proto.makeConnection(transport)
         self.clock.advance(self.factory.config.noticeDelay)  # the join notice's wait
         self.transports.append(transport)
