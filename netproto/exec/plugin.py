@@ -38,6 +38,16 @@ service = LazyService(
             positive,
         ],
         [
+            "exec-max-tasks",
+            None,
+            None,
+            "Most tasks (processes and threads) one command may have at once: its pids "
+            "cgroup's pids.max where the server may create cgroups, else (given, and not "
+            "root) RLIMIT_NPROC, which counts every process of the server's user. "
+            "[default: 256 with a cgroup, no bound without]",
+            positive,
+        ],
+        [
             "exec-cwd",
             None,
             None,
@@ -69,5 +79,11 @@ service = LazyService(
     ],
     optFlags=[
         ["exec-no-shell", None, 'Refuse shell commands ({"shell": ...}); argv only.'],
+        [
+            "exec-no-cgroups",
+            None,
+            "Never put commands in cgroups (no --exec-max-tasks bound as root; a command's "
+            "processes outside its process group are then not ended with the server).",
+        ],
     ],
 )

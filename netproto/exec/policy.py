@@ -34,7 +34,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from netproto.errors import ProtocolError
 
@@ -54,6 +54,18 @@ DEFAULT_MAX_PROCS: Final = 64
 DEFAULT_MAX_PROCS_PER_USER: Final = 16
 #: Seconds between ``SIGTERM`` and ``SIGKILL`` when a command's group is ended.
 DEFAULT_KILL_GRACE: Final = 5.0
+#: Most tasks (processes and threads) of one command at once, where a pids
+#: cgroup carries the bound (``--exec-max-tasks``). Without it one command
+#: could fork until the machine has no pid left (a fork bomb: the per-user
+#: limit counts commands, and ``RLIMIT_NPROC`` does not bind root). 256 is
+#: far above what a parallel build needs (``make -j32``: a shell, a compiler
+#: driver and its passes per job), and a full server (``--exec-max-procs``
+#: 64 x 256 = 16384) stays within the default ``pid_max`` of 32768.
+DEFAULT_MAX_TASKS: Final = 256
+#: The longest ``timeout`` a request may give, in seconds (about 31 years):
+#: anything longer is a client's mistake, and past it a number stops being a
+#: time the reactor can schedule (a 400-digit integer overflowed ``float()``).
+MAX_REQUEST_TIMEOUT: Final = 1e9
 #: Longest argv or shell text, in bytes: the kernel's own limit is larger,
 #: but a request must fit in one pre-allocated frame anyway.
 MAX_ARGS_BYTES: Final = 128 * 1024
@@ -149,6 +161,19 @@ class Prepared:
         return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _usable(value: object) -> TypeGuard[str]:
+    """Whether a client's ``value`` can be an argument, a path or a variable:
+    a string without NUL that the file system encoding can encode (a JSON
+    ``\\ud800`` escape makes a lone surrogate, which it cannot)."""
+    if not isinstance(value, str) or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return False
+    return True
+
+
 def _splitList(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
@@ -177,6 +202,10 @@ class ExecPolicy:
     :ivar baseEnv: the clean environment (see the module docstring).
     :ivar envAccept: ``fnmatch`` patterns of the names a client may set.
     :ivar killGrace: seconds between ``SIGTERM`` and ``SIGKILL``.
+    :ivar maxTasks: the operator's bound on a command's tasks
+        (``--exec-max-tasks``); None where none was given (a cgroup then
+        has :data:`DEFAULT_MAX_TASKS`).
+    :ivar cgroups: whether commands may get a pids cgroup each (not ``--exec-no-cgroups``).
     """
 
     allow: tuple[str, ...] | None = None
@@ -189,6 +218,8 @@ class ExecPolicy:
     baseEnv: Mapping[str, str] = field(default_factory=dict)
     envAccept: tuple[str, ...] = ("*",)
     killGrace: float = DEFAULT_KILL_GRACE
+    maxTasks: int | None = None
+    cgroups: bool = True
     #: Program lookups on ``PATH`` (see :class:`PathCache`).
     paths: PathCache = field(default_factory=PathCache, compare=False, repr=False)
 
@@ -243,10 +274,18 @@ class ExecPolicy:
         maxProcs = int(number("exec-max-procs", DEFAULT_MAX_PROCS))
         perUser = int(number("exec-max-procs-per-user", DEFAULT_MAX_PROCS_PER_USER))
         grace = number("exec-kill-grace", DEFAULT_KILL_GRACE)
-        if maxTimeout < 0 or maxProcs < 1 or perUser < 1 or grace <= 0:
+        tasks = options.get("exec-max-tasks")
+        maxTasks = None if tasks is None else int(number("exec-max-tasks", 0))
+        if (
+            maxTimeout < 0
+            or maxProcs < 1
+            or perUser < 1
+            or grace <= 0
+            or (maxTasks is not None and maxTasks < 1)
+        ):
             raise ValueError(
-                "--exec-timeout must be >= 0, --exec-max-procs and "
-                "--exec-max-procs-per-user >= 1, --exec-kill-grace > 0"
+                "--exec-timeout must be >= 0, --exec-max-procs, --exec-max-procs-per-user "
+                "and --exec-max-tasks >= 1, --exec-kill-grace > 0"
             )
         return cls(
             allow=allow,
@@ -259,6 +298,8 @@ class ExecPolicy:
             baseEnv=base,
             envAccept=envAccept,
             killGrace=grace,
+            maxTasks=maxTasks,
+            cgroups=not options.get("exec-no-cgroups"),
         )
 
     # -- one request ---------------------------------------------------------------
@@ -294,7 +335,7 @@ class ExecPolicy:
             raise ProtocolError("bad-frame", 'R needs exactly one of "argv" and "shell"')
         if hasShell:
             text = request["shell"]
-            if not isinstance(text, str) or not text or "\0" in text:
+            if not _usable(text) or not text:
                 raise ProtocolError("bad-frame", '"shell" must be a non-empty string without NUL')
             argv = [SHELL, "-c", text]
         else:
@@ -302,7 +343,7 @@ class ExecPolicy:
             if (
                 not isinstance(argv, list)
                 or not argv
-                or not all(isinstance(a, str) and "\0" not in a for a in argv)
+                or not all(_usable(a) for a in argv)
                 or not argv[0]
             ):
                 raise ProtocolError(
@@ -314,9 +355,14 @@ class ExecPolicy:
 
     def _timeout(self, value: object) -> float | None:
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value <= MAX_REQUEST_TIMEOUT  # also false for NaN
         ):
-            raise ProtocolError("bad-frame", '"timeout" must be a positive number of seconds')
+            raise ProtocolError(
+                "bad-frame",
+                f'"timeout" must be a number of seconds above 0, at most {MAX_REQUEST_TIMEOUT:.0f}',
+            )
         requested = float(value) if value is not None else None
         if self.maxTimeout is None:
             return requested
@@ -326,13 +372,7 @@ class ExecPolicy:
         env = dict(self.baseEnv)
         if value is not None:
             if not isinstance(value, dict) or not all(
-                isinstance(k, str)
-                and isinstance(v, str)
-                and k
-                and "=" not in k
-                and "\0" not in k
-                and "\0" not in v
-                for k, v in value.items()
+                _usable(k) and _usable(v) and k and "=" not in k for k, v in value.items()
             ):
                 raise ProtocolError(
                     "bad-frame", '"env" must map names (no "=" or NUL) to strings (no NUL)'
@@ -352,7 +392,7 @@ class ExecPolicy:
     def _cwd(self, value: object) -> str:
         if value is None:
             return self.cwd
-        if not isinstance(value, str) or not value or "\0" in value:
+        if not _usable(value) or not value:
             raise ProtocolError("bad-frame", '"cwd" must be a non-empty string without NUL')
         cwd = os.path.normpath(os.path.join(self.cwd, os.path.expanduser(value)))
         if not os.path.isdir(cwd):

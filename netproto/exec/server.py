@@ -12,6 +12,12 @@ period, and the shutdown waits until all of them have been reaped. The
 factory also makes the server the child subreaper of its commands' orphans
 (Linux), so that background children of a command are reaped by it, not left
 as zombies of a PID 1 that may not reap.
+
+A server that is killed runs none of that: each command is started inside
+the :class:`~netproto.exec.confine.Confinement` (a pids cgroup, or a record of
+its process group) and the factory keeps a
+:class:`~netproto.exec.confine.Guardian` process running, which ends whatever
+the server left once it is gone (see :mod:`netproto.exec.confine`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Final
 
 from twisted.internet import process as twistedProcess
@@ -28,6 +35,7 @@ from twisted.logger import Logger
 
 from netproto.errors import ErrorCode, ProtocolError
 from netproto.exec import spawn as _spawn
+from netproto.exec.confine import Confinement, Guardian, instance
 from netproto.exec.policy import ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol
 from netproto.exec.protocol import ClientReading, ExecProtocol
@@ -58,12 +66,14 @@ class ExecFactory(FramedFactory):
 
     :param policy: what may run; by default from ``context.options``.
     :param subreaper: make this process the subreaper of the commands' orphans.
+    :param guard: confine commands and keep a guardian (see the module docstring).
     """
 
     protocol = ExecProtocol
     log = Logger()
     #: Seconds between looks for exited processes that had left their command's
-    #: group (see :func:`netproto.exec.spawn.reapStrays`).
+    #: group (see :func:`netproto.exec.spawn.reapStrays`), and for the cgroups
+    #: of ended commands that have emptied since.
     strayReapInterval: float = 10.0
 
     def __init__(
@@ -72,11 +82,15 @@ class ExecFactory(FramedFactory):
         policy: ExecPolicy | None = None,
         maxFrame: int = DEFAULT_MAX_FRAME,
         subreaper: bool = True,
+        guard: bool = True,
     ) -> None:
         super().__init__(context, maxFrame)
         self.policy = policy if policy is not None else ExecPolicy.fromOptions(context.options)
         self.readSize = min(READ_SIZE, maxFrame - 1)
         self.subreaper = subreaper
+        self.guard = guard
+        self.confinement = Confinement(None, None, None)
+        self.guardian: Guardian | None = None
         #: Every command whose group is not yet gone, by pid.
         self.commands: dict[int, CommandTransport] = {}
         #: Every open connection (to close them gracefully on shutdown).
@@ -94,12 +108,40 @@ class ExecFactory(FramedFactory):
         self.closing = False
         if self._devnull is None:
             self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        if self.subreaper and _spawn.becomeSubreaper():
+        if self.guard and self.guardian is None:
+            self._confine(self._devnull)
+        subreaping = self.subreaper and _spawn.becomeSubreaper()
+        if subreaping:
             self.log.debug("exec: this server reaps its commands' orphaned children")
-            if self._strayReaper is None:
-                self._strayReaper = LoopingCall(self._reapStrays)
-                self._strayReaper.clock = self.context.reactor
-                self._strayReaper.start(self.strayReapInterval, now=False)
+        if (subreaping or self.confinement.cgroups is not None) and self._strayReaper is None:
+            self._strayReaper = LoopingCall(self._reapStrays)
+            self._strayReaper.clock = self.context.reactor
+            self._strayReaper.start(self.strayReapInterval, now=False)
+
+    def _confine(self, devnull: int) -> None:
+        """Set up where commands are kept, and the guardian that ends them with the server."""
+        policy, dataDir = self.policy, self.context.dataDir
+        self.confinement = Confinement.create(
+            dataDir, instance(), policy.maxTasks, policy.cgroups, policy.maxProcs
+        )
+        arguments = self.confinement.guardianArguments(dataDir, policy.killGrace)
+        self.guardian = Guardian(self.context.reactor, arguments, devnull)
+        started = self.guardian.start()
+        self.log.info(
+            "exec: commands run in {how}; {guard}",
+            how=self.confinement.describe(),
+            guard=f"the guardian (pid {self.guardian.pid}) ends them if the server dies"
+            if started
+            else "no guardian",
+        )
+
+    def _letGo(self) -> None:
+        """The factory has stopped and no command is left: nothing to keep or guard."""
+        self.confinement.close()
+        self.confinement = Confinement(None, None, None)
+        if self.guardian is not None:
+            self.guardian.stop()
+            self.guardian = None
 
     def stopFactory(self) -> None:
         """No new commands; end the running ones (shutdown waits for them, see the module)."""
@@ -107,6 +149,7 @@ class ExecFactory(FramedFactory):
         self.endAll()
         if not self.commands:
             self._dropTrigger()
+            self._letGo()
         if self._strayReaper is not None and self._strayReaper.running:
             self._strayReaper.stop()
         self._strayReaper = None
@@ -121,8 +164,14 @@ class ExecFactory(FramedFactory):
         self._trigger = None
 
     def _reapStrays(self) -> None:
-        """Reap processes that left a command's group, were orphaned to us and exited."""
+        """Reap processes that left a command's group, were orphaned to us and
+        exited; take back the cgroups that have emptied."""
+        self.confinement.sweep()
+        if not self.subreaper:
+            return
         keep = set(self.commands) | set(getattr(twistedProcess, "reapProcessHandlers", {}))
+        if self.guardian is not None and self.guardian.pid is not None:
+            keep.add(self.guardian.pid)
         for pid in _spawn.reapStrays(keep):
             self.log.info("exec: reaped {pid}, a process that had left its command", pid=pid)
 
@@ -197,15 +246,18 @@ class ExecFactory(FramedFactory):
             )
         reactor = self.context.reactor
         bridge = CommandProtocol(proto, reactor, prepared.timeout, self.maxFrame - 1)
+        devnull = self._devnull
         try:
-            spawned = _spawn.spawn(
-                prepared.executable,
-                prepared.argv,
-                env=prepared.env,
-                cwd=prepared.cwd,
-                stdin=prepared.stdin,
-                devnull=self._devnull,
-                pidfd=False,
+            spawned, release = self.confinement.start(
+                lambda: _spawn.spawn(
+                    prepared.executable,
+                    prepared.argv,
+                    env=prepared.env,
+                    cwd=prepared.cwd,
+                    stdin=prepared.stdin,
+                    devnull=devnull,
+                    pidfd=False,
+                )
             )
         except OSError as e:
             code = SPAWN_ERRORS.get(e.errno or 0, "not-found")
@@ -228,12 +280,18 @@ class ExecFactory(FramedFactory):
         proto.startLog(self.log, user).started(transport.pid, prepared.describe())
         started = reactor.seconds()
         peer = proto.peer
-        transport.onGone = lambda: self._commandGone(transport, user, peer, started)
+        transport.onGone = lambda: self._commandGone(transport, user, peer, started, release)
         return bridge
 
     def _commandGone(
-        self, transport: CommandTransport, user: str, peer: str, started: float
+        self,
+        transport: CommandTransport,
+        user: str,
+        peer: str,
+        started: float,
+        release: Callable[[], None],
     ) -> None:
+        release()
         self.commands.pop(transport.pid, None)
         self.perUser[user] -= 1
         if self.perUser[user] <= 0:
@@ -255,6 +313,7 @@ class ExecFactory(FramedFactory):
             )
         if self.closing and not self.commands:
             self._dropTrigger()
+            self._letGo()
 
 
 def makeFactory(context: ServerContext) -> ExecFactory:

@@ -292,27 +292,15 @@ def spawn(
         if stdin:
             setPipeSize(inW, PIPE_SIZE)
         childIn = inR if stdin else devnull
-        if isinstance(spawner, PosixSpawner):
-            pid = spawner.spawn(
-                _encoded(executable),
-                [_encoded(a) for a in argv],
-                [_encoded(f"{k}={v}") for k, v in env.items()],
-                _encoded(cwd),
-                [_aboveStdio(fd, opened) for fd in (childIn, outW, errW)],
-            )
-        else:
-            popen = subprocess.Popen(
-                list(argv),
-                executable=executable,
-                stdin=childIn,
-                stdout=outW,
-                stderr=errW,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
-            )
-            pid = popen.pid
+        pid, popen = _start(
+            spawner,
+            executable,
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            fds=(childIn, outW, errW),
+            opened=opened,
+        )
     except BaseException:
         for fd in opened:
             os.close(fd)
@@ -333,6 +321,67 @@ def spawn(
         pidfd=pidfdOpen(pid) if pidfd else None,
         popen=popen,
     )
+
+
+def _start(
+    spawner: PosixSpawner | bool | None,
+    executable: str,
+    *,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+    fds: tuple[int, int, int],
+    opened: list[int],
+) -> tuple[int, subprocess.Popen[bytes] | None]:
+    """Start ``argv`` in a new session with ``fds`` as its 0, 1 and 2 (copies
+    made to keep them apart from 0-2 are added to ``opened``): the pid, and the
+    :class:`subprocess.Popen` when that was the way."""
+    if isinstance(spawner, PosixSpawner):
+        pid = spawner.spawn(
+            _encoded(executable),
+            [_encoded(a) for a in argv],
+            [_encoded(f"{k}={v}") for k, v in env.items()],
+            _encoded(cwd),
+            [_aboveStdio(fd, opened) for fd in fds],
+        )
+        return pid, None
+    popen = subprocess.Popen(
+        list(argv),
+        executable=executable,
+        stdin=fds[0],
+        stdout=fds[1],
+        stderr=fds[2],
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+        close_fds=True,
+    )
+    return popen.pid, popen
+
+
+def startHelper(
+    argv: Sequence[str], *, stdin: int, devnull: int, env: Mapping[str, str]
+) -> Spawned:
+    """Start a helper of the server (not a client's command) in a session of its own.
+
+    Its stdin is ``stdin``, its stdout ``devnull`` and its stderr the
+    server's; it starts in ``/``. The caller reaps it (:meth:`Spawned.poll`).
+    """
+    opened: list[int] = []
+    try:
+        pid, popen = _start(
+            PosixSpawner.available() or False,
+            argv[0],
+            argv=argv,
+            env=env,
+            cwd="/",
+            fds=(stdin, devnull, 2),
+            opened=opened,
+        )
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return Spawned(pid=pid, stdin=None, stdout=-1, stderr=-1, pidfd=pidfdOpen(pid), popen=popen)
 
 
 def setPipeSize(fd: int, size: int) -> bool:
@@ -428,14 +477,50 @@ def reapStrays(keep: Container[int]) -> list[int]:
     return reaped
 
 
-def _isZombie(pid: int) -> bool:
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from the state on (the third field
+    is the first here), or None when there is no such process (Linux)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    # The state follows the command name, which is in parentheses and may hold any byte.
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+        return None
+    # They follow the command name, which is in parentheses and may hold any byte.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _isZombie(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] == b"Z"
+
+
+def liveGroups(pgids: Container[int]) -> set[int]:
+    """Which of the process groups ``pgids`` have a member that is not a zombie
+    (a scan of ``/proc``, Linux): unlike :func:`groupAlive`, not fooled by
+    zombies that a parent who does not reap leaves in a group."""
+    alive: set[int] = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return alive
+    for name in names:
+        if not name.isdigit():
+            continue
+        fields = _stat(int(name))
+        if fields is not None and fields[0] != b"Z" and int(fields[2]) in pgids:
+            alive.add(int(fields[2]))
+    return alive
+
+
+def startTime(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), or None
+    when there is none: with its pid, what tells a process from a later one
+    that was given the same pid."""
+    fields = _stat(pid)
+    try:
+        return None if fields is None else int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 @functools.cache
