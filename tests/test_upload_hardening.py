@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from netproto.framing import encodeFrame
 from netproto.upload import store
 from netproto.upload.names import partialName
-from tests.test_upload_protocol import Harness, error, stored
+from netproto.upload.protocol import UploadProtocol
+from tests.test_upload_protocol import Harness, StepExecutor, error, stored
 
 
 @pytest.fixture
@@ -326,3 +328,179 @@ def test_partial_data_that_cannot_be_removed_is_not_fatal(
     assert not c.closed
     assert [p.name for p in h.root.iterdir()] == [partialName(b"f", 5).decode()]
     assert c.upload("g", b"x") == stored("g", b"x")
+
+
+# -- finding 8: quotas, parallel uploads per user, stalled transfers -------------------
+
+
+def quotaHarness(tmp: Path, **options: int) -> Harness:
+    """Users alice, bob and carol; ``options`` as ``upload_quota_files=2`` (dashes for _)."""
+    return Harness(
+        tmp,
+        options={k.replace("_", "-"): v for k, v in options.items()},
+        users=("alice", "bob", "carol"),
+    )
+
+
+def refusedFor(code: str, quota: str) -> Callable[[list[tuple[bytes, Any]]], bool]:
+    """An E ``code`` whose message names ``quota`` (the option an operator changes)."""
+
+    def check(frames: list[tuple[bytes, Any]]) -> bool:
+        return error(code)(frames) and quota in frames[0][1]["message"]
+
+    return check
+
+
+def test_files_quota_is_no_space_naming_it_and_other_users_still_upload(tmp_path: Path) -> None:
+    """With --upload-quota-files 2, a user's third file is refused before any
+    data with no-space naming the quota; the connection stays; replacing one's
+    own file is not a new file; other users upload as before."""
+    h = quotaHarness(tmp_path, upload_quota_files=2)
+    alice = h.connect("alice")
+    assert alice.upload("a", b"1") == stored("a", b"1")
+    assert alice.upload("d/b", b"2") == stored("d/b", b"2")
+    assert refusedFor("no-space", "--upload-quota-files")(alice.upload("c", b"3"))
+    assert not alice.closed
+    assert alice.upload("a", b"11", overwrite=True) == stored("a", b"11")
+    bob = h.connect("bob")
+    assert bob.upload("c", b"3") == stored("c", b"3")
+    assert {p for p in h.files() if not p.startswith(".netproto-quota")} == {"a", "d", "d/b", "c"}
+
+
+def test_bytes_quota_counts_stored_files_and_uploads_in_progress(tmp_path: Path) -> None:
+    """With --upload-quota-bytes 100: what a user stored and what their uploads in
+    progress announced count together; a refused upload costs nothing; once an
+    upload in progress is dropped its room is given back; others are unaffected."""
+    h = quotaHarness(tmp_path, upload_quota_bytes=100)
+    first, second = h.connect("alice"), h.connect("alice")
+    assert first.upload("a", b"x" * 40) == stored("a", b"x" * 40)
+    first.put("b", 50)
+    assert first.frames() == [(b"K", {"offset": 0})]
+    assert refusedFor("no-space", "--upload-quota-bytes")(second.upload("c", b"y" * 11))
+    assert second.upload("c", b"y" * 10) == stored("c", b"y" * 10)
+    first.drop()
+    assert second.upload("d", b"z" * 50) == stored("d", b"z" * 50)
+    assert refusedFor("no-space", "100 bytes")(second.upload("e", b"!"))
+    assert h.connect("bob").upload("e", b"b" * 100) == stored("e", b"b" * 100)
+
+
+def test_overwriting_another_users_file_moves_its_charge(tmp_path: Path) -> None:
+    """The file's owner is whoever stored it last: when bob replaces alice's
+    file, it no longer counts for alice (she may store another) and counts
+    for bob."""
+    h = quotaHarness(tmp_path, upload_quota_files=1)
+    alice, bob = h.connect("alice"), h.connect("bob")
+    assert alice.upload("shared", b"a") == stored("shared", b"a")
+    assert error("no-space")(alice.upload("other", b"a"))
+    assert bob.upload("shared", b"b", overwrite=True) == stored("shared", b"b")
+    assert alice.upload("other", b"a") == stored("other", b"a")
+    assert error("no-space")(bob.upload("more", b"b"))
+
+
+def test_quota_survives_a_restart_and_follows_the_disk(tmp_path: Path) -> None:
+    """The charge of stored files survives a restart (a new factory over the same
+    upload dir); files an operator removes are given back at the next sweep."""
+    h = quotaHarness(tmp_path, upload_quota_files=2, upload_quota_bytes=1000)
+    alice = h.connect("alice")
+    assert alice.upload("a", b"x" * 600) == stored("a", b"x" * 600)
+    assert alice.upload("b", b"y") == stored("b", b"y")
+    h.store.close()
+    again = quotaHarness(tmp_path, upload_quota_files=2, upload_quota_bytes=1000)
+    alice = again.connect("alice")
+    assert refusedFor("no-space", "--upload-quota-files")(alice.upload("c", b"z"))
+    (again.root / "b").unlink()
+    (again.root / "a").write_bytes(b"x" * 900)  # changed behind the server's back
+    again.factory.startFactory()  # the sweep at start reconciles the index
+    again.factory.stopFactory()
+    assert refusedFor("no-space", "--upload-quota-bytes")(alice.upload("c", b"z" * 101))
+    assert alice.upload("c", b"z" * 100) == stored("c", b"z" * 100)
+
+
+def test_parallel_uploads_per_user_are_capped_with_busy(tmp_path: Path) -> None:
+    """With --upload-max-per-user 2, a user's third upload at once is refused
+    with busy naming the option, before any data; other users are not
+    affected; a finished or dropped upload frees its slot."""
+    h = quotaHarness(tmp_path, upload_max_per_user=2)
+    one, two, three = h.connect("alice"), h.connect("alice"), h.connect("alice")
+    for c in (one, two):
+        c.put(f"f{id(c)}", 1)
+        assert c.frames() == [(b"K", {"offset": 0})]
+    assert refusedFor("busy", "--upload-max-per-user")(three.upload("g", b"1"))
+    assert not three.closed
+    assert h.connect("bob").upload("g", b"1") == stored("g", b"1")
+    one.data(b"1")
+    one.finish(b"1")
+    assert one.frames()[0][0] == b"K"
+    assert three.upload("h", b"1") == stored("h", b"1")
+    three.put("i", 1)
+    assert three.frames() == [(b"K", {"offset": 0})]
+    assert error("busy")(one.upload("j", b"1"))
+    two.drop()
+    assert one.upload("j", b"1") == stored("j", b"1")
+
+
+def test_stalled_transfer_is_ended_by_the_idle_timeout(tmp_path: Path) -> None:
+    """A client that got K ready and then sends nothing holds its partial file
+    and its user's upload slot only until the idle timeout: then E timeout,
+    the connection closed, the partial data removed and the slot free."""
+    h = quotaHarness(tmp_path, upload_max_per_user=1, idle_timeout=60)
+    stalled = h.connect("alice")
+    stalled.put("f", 10)
+    assert stalled.frames() == [(b"K", {"offset": 0})]
+    stalled.data(b"12345")
+    h.clock.advance(59)
+    assert not stalled.closed
+    assert error("busy")(h.connect("alice").upload("g", b"1"))
+    h.clock.advance(2)
+    assert error("timeout")(stalled.frames())
+    assert stalled.closed
+    stalled.drop()  # the transport's close reaches the protocol
+    assert h.files() == set()
+    assert h.connect("alice").upload("g", b"1") == stored("g", b"1")
+
+
+def test_a_file_the_server_is_still_writing_is_not_idle(tmp_path: Path) -> None:
+    """While the server is still opening, writing or renaming a file (a slow
+    disk: the worker jobs are held here), the connection is busy, not idle:
+    the idle timeout does not cut it, and the file is stored once the disk
+    catches up."""
+    steps = StepExecutor()
+    h = Harness(tmp_path, executor=steps, options={"idle-timeout": 60})
+    c = h.connect()
+    data = os.urandom(300_000)
+    c.put("f", len(data))
+    h.clock.advance(120)
+    steps.runAll()
+    assert c.frames() == [(b"K", {"offset": 0})]
+    c.data(data)
+    c.finish(data)
+    h.clock.advance(120)
+    assert not c.closed
+    steps.runAll()
+    assert c.frames() == stored("f", data)
+
+
+def test_reading_paused_by_flow_control_stops_the_frame_deadline(tmp_path: Path) -> None:
+    """While reading is paused for the disk to catch up, the client cannot
+    send: a data frame in progress then is not timed out by the frame
+    deadline, and completes once reading resumes."""
+    steps = StepExecutor()
+    h = Harness(tmp_path, executor=steps, options={"frame-timeout": 30, "idle-timeout": 60})
+    c = h.connect()
+    data = os.urandom(UploadProtocol.highWater + 2 * 256 * 1024)
+    c.put("f", len(data))
+    steps.runAll()
+    assert c.frames() == [(b"K", {"offset": 0})]
+    cut = UploadProtocol.highWater + 256 * 1024 + 100
+    c.data(data[: cut - 100], chunk=256 * 1024)
+    frame = encodeFrame(b"D", data[cut - 100 : cut + 1000])
+    c.proto.dataReceived(frame[:104])  # a frame begun while paused
+    assert c.transport.producerState == "paused"
+    h.clock.advance(100)
+    assert not c.closed
+    steps.runAll()
+    c.proto.dataReceived(frame[104:])
+    c.data(data[cut + 1000 :])
+    c.finish(data)
+    steps.runAll()
+    assert c.frames() == stored("f", data)

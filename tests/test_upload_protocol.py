@@ -7,18 +7,19 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from netproto.framing import FrameDecoder, encodeFrame
 from netproto.upload.names import partialName
 from netproto.upload.protocol import Phase, UploadProtocol
-from netproto.upload.server import UploadFactory, makeFactory
+from netproto.upload.server import UploadFactory, makeFactory, makeQuotas
 from netproto.upload.store import Buffer, UploadStore, renameNoReplace
 from netproto.upload.workers import callNow
 from tests.support import makeContext, token
@@ -42,7 +43,11 @@ class StepExecutor:
 
 
 class Harness:
-    """Upload connections on StringTransports over one store in ``tmp/up``."""
+    """Upload connections on StringTransports over one store in ``tmp/data/uploads``.
+
+    :param options: ``twistd netproto`` options (quotas, timeouts), by long name.
+    :param users: names that may also log in, each with the password ``pw``.
+    """
 
     def __init__(
         self,
@@ -52,21 +57,35 @@ class Harness:
         minFree: int = 0,
         writev: Callable[[int, Sequence[Buffer]], int] = os.writev,
         executor: Callable[..., object] = callNow,
+        options: Mapping[str, Any] | None = None,
+        users: Sequence[str] = (),
     ) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(1_000_000_000)  # wall-clock-like "now" for file mtimes
-        self.context = makeContext(tmp, reactor=self.clock)
+        self.context = makeContext(tmp, reactor=self.clock, options=options)
+        if users:
+            checker = InMemoryUsernamePasswordDatabaseDontUse(**dict.fromkeys(users, b"pw"))
+            self.context.portal.registerChecker(checker)
+            self.context.authMethods = ("token", "password")
         self.root = self.context.uploadDir
         self.store = UploadStore(self.root, resumeTTL=TTL, minFree=minFree, writev=writev)
-        self.factory = UploadFactory(self.context, self.store, executor, maxSize=maxSize)
+        self.factory = UploadFactory(
+            self.context,
+            self.store,
+            executor,
+            maxSize=maxSize,
+            quotas=makeQuotas(self.context),
+        )
         self.token = token(self.context)
 
-    def connect(self) -> Connection:
+    def connect(self, user: str | None = None) -> Connection:
+        """A connection logged in with the token, or as ``user``."""
         proto = self.factory.buildProtocol(None)
         assert isinstance(proto, UploadProtocol)
         conn = Connection(proto)
-        conn.send(b"A", json.dumps({"token": self.token}).encode())
-        assert conn.frames() == [(b"H", conn.hello), (b"K", {"user": "token"})]
+        credentials = {"token": self.token} if user is None else {"user": user, "password": "pw"}
+        conn.send(b"A", json.dumps(credentials).encode())
+        assert conn.frames() == [(b"H", conn.hello), (b"K", {"user": user or "token"})]
         return conn
 
     def files(self) -> set[str]:

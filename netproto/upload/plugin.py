@@ -27,6 +27,30 @@ service = LazyService(
             count,
         ],
         [
+            "upload-quota-files",
+            None,
+            0,
+            "Files one user may store in the upload directory; past it an upload "
+            "is refused with no-space naming the quota (0: no limit).",
+            count,
+        ],
+        [
+            "upload-quota-bytes",
+            None,
+            0,
+            "Bytes one user may store in the upload directory; past it an upload "
+            "is refused with no-space naming the quota (0: no limit).",
+            count,
+        ],
+        [
+            "upload-max-per-user",
+            None,
+            8,
+            "Uploads one user may have in progress at once; one more is refused "
+            "with busy (0: no limit).",
+            count,
+        ],
+        [
             "upload-resume-ttl",
             None,
             86400.0,

@@ -44,7 +44,8 @@ from twisted.python.failure import Failure
 from netproto.errors import ProtocolError
 from netproto.framing import FramedProtocol, decodeJSON
 from netproto.upload.names import splitName
-from netproto.upload.store import Buffer, PartialFile
+from netproto.upload.quota import Quotas, Reservation
+from netproto.upload.store import Buffer, PartialFile, UploadStore
 from netproto.upload.workers import Lane
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Upload:
         "pendingBytes",
         "pipelined",
         "received",
+        "reservation",
         "resume",
         "segments",
         "size",
@@ -106,6 +108,8 @@ class Upload:
         self.overwrite = overwrite
         self.resume = resume
         self.partial: PartialFile | None = None
+        #: its place among its user's uploads and quota (set once opened)
+        self.reservation: Reservation | None = None
         self.offset = 0
         #: bytes of the file held so far: kept ones plus those received
         self.received = 0
@@ -210,23 +214,25 @@ class UploadProtocol(FramedProtocol):
         self.upload = upload
         self.phase = Phase.OPENING
         assert self.writer is not None
+        factory = self.factory
         d = self.writer.run(
-            self.factory.store.begin,
-            segments,
-            size,
-            overwrite,
-            resume,
-            self.factory.context.reactor.seconds(),
+            _begin,
+            factory.quotas,
+            factory.store,
+            self._user(),
+            upload,
+            factory.context.reactor.seconds(),
         )
         d.addCallbacks(self._opened, self._openFailed, (upload,), {}, (upload,))
         return d
 
-    def _opened(self, partial: PartialFile, upload: Upload) -> None:
+    def _opened(self, opened: tuple[Reservation, PartialFile], upload: Upload) -> None:
+        upload.reservation, upload.partial = opened
+        partial = upload.partial
         if self.upload is not upload:
             # The connection went away meanwhile: keep only data kept before.
-            self._release(partial, keep=upload.resume and partial.written > 0)
+            self._release(upload, keep=upload.resume and partial.written > 0)
             return
-        upload.partial = partial
         upload.offset = upload.received = partial.offset
         self.phase = Phase.RECEIVING
         # One line per stored file is the audit trail; a line per start only
@@ -370,7 +376,7 @@ class UploadProtocol(FramedProtocol):
             chunks, n = upload.pending, upload.pendingBytes
             upload.pending, upload.pendingBytes, upload.gather = [], 0, None
             upload.writing += n
-            d = self.writer.run(_complete, partial, chunks, sha256, upload.overwrite)
+            d = self.writer.run(_complete, self.factory.quotas, upload, chunks, sha256)
         else:
             if upload.pendingBytes:
                 self._flush(upload)
@@ -393,7 +399,7 @@ class UploadProtocol(FramedProtocol):
         if self.upload is not upload:
             raise ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
         assert self.writer is not None
-        return self.writer.run(partial.finish, sha256, upload.overwrite, True)
+        return self.writer.run(_finish, self.factory.quotas, upload, sha256, True)
 
     def _stored(self, digest: str, upload: Upload) -> None:
         upload.writing = 0
@@ -437,15 +443,18 @@ class UploadProtocol(FramedProtocol):
         self.upload = None
         self.phase = Phase.DISCARDING if self.phase is Phase.RECEIVING else Phase.IDLE
         upload.pending, upload.pendingBytes, upload.gather = [], 0, None
-        if upload.partial is not None:
-            self._release(upload.partial, keep=False)
+        self._release(upload, keep=False)
         self.fail(error)
 
-    def _release(
-        self, partial: PartialFile, keep: bool, chunks: list[Buffer] | None = None
-    ) -> None:
-        """Close ``partial``, keeping its data (and ``chunks`` received but not yet
-        written) for a resume, or removing it."""
+    def _release(self, upload: Upload, keep: bool, chunks: list[Buffer] | None = None) -> None:
+        """End ``upload`` without storing it: give back its place among its user's
+        uploads, and close its partial file, keeping its data (and ``chunks``
+        received but not yet written) for a resume, or removing it."""
+        if upload.reservation is not None:
+            self.factory.quotas.release(upload.reservation)
+        partial = upload.partial
+        if partial is None:
+            return
         assert self.writer is not None
         if keep:
             d = self.writer.run(_keep, partial, chunks or [])
@@ -461,7 +470,7 @@ class UploadProtocol(FramedProtocol):
             chunks, upload.pending, upload.gather = upload.pending, [], None
             # Kept for a resume only when it was asked for and nothing went wrong.
             keep = upload.resume and phase is Phase.RECEIVING
-            self._release(upload.partial, keep, chunks)
+            self._release(upload, keep, chunks)
             self.log.info(
                 "upload: {peer} left during {name} at {received} of {size} bytes ({what})",
                 peer=self.peer,
@@ -471,6 +480,27 @@ class UploadProtocol(FramedProtocol):
                 what="kept for resume" if upload.resume else "removed",
             )
         super().connectionLost(reason)
+
+    # -- the framed base's deadlines --------------------------------------------------
+
+    def isBusy(self) -> bool:
+        """The server is working on this connection's file: opening it, writing,
+        hashing or flushing what arrived, or checking and renaming it. Waiting
+        for the client's next data is not being busy: a transfer that stalls
+        between frames (after ``K ready``, or between two ``D`` frames) is an
+        idle connection, closed by the framed base's idle timeout like any
+        other, which ends the file as a dropped connection does (its partial
+        file removed, or kept for a resume) and gives back its user's upload
+        slot and reserved quota."""
+        if self.phase in (Phase.OPENING, Phase.FINISHING):
+            return True
+        lanes = (self.writer, self.hasher, self.flusher)
+        return any(lane is not None and not lane.idle for lane in lanes)
+
+    def readingPaused(self) -> bool:
+        """Reading is paused while the lanes catch up (flow control): the
+        client cannot send then, so a frame's deadline does not run."""
+        return self._paused
 
     # -- flow control ---------------------------------------------------------------
 
@@ -492,10 +522,35 @@ class UploadProtocol(FramedProtocol):
         return self.avatar.name if self.avatar is not None else "?"
 
 
-def _complete(partial: PartialFile, chunks: list[Buffer], sha256: str, overwrite: bool) -> str:
-    """In the worker: the last data, then :meth:`PartialFile.finish` (checks, sync, rename)."""
-    partial.write(chunks)
-    return partial.finish(sha256, overwrite)
+def _begin(
+    quotas: Quotas, store: UploadStore, user: str, upload: Upload, now: float
+) -> tuple[Reservation, PartialFile]:
+    """In the worker: admit the upload (its user's parallel uploads and quota),
+    then open its partial file."""
+    reservation = quotas.reserve(user, upload.name, upload.size, upload.overwrite)
+    try:
+        partial = store.begin(upload.segments, upload.size, upload.overwrite, upload.resume, now)
+    except BaseException:
+        quotas.release(reservation)
+        raise
+    return reservation, partial
+
+
+def _finish(quotas: Quotas, upload: Upload, sha256: str, synced: bool) -> str:
+    """In the worker: :meth:`PartialFile.finish` (checks, sync, rename), then
+    the stored file is charged to its user."""
+    assert upload.partial is not None
+    assert upload.reservation is not None
+    digest = upload.partial.finish(sha256, upload.overwrite, synced)
+    quotas.commit(upload.reservation)
+    return digest
+
+
+def _complete(quotas: Quotas, upload: Upload, chunks: list[Buffer], sha256: str) -> str:
+    """In the worker: the last data, then :func:`_finish`."""
+    assert upload.partial is not None
+    upload.partial.write(chunks)
+    return _finish(quotas, upload, sha256, False)
 
 
 def _keep(partial: PartialFile, chunks: list[Buffer]) -> None:

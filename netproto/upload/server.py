@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, Final
 
 from twisted.internet import task
@@ -12,6 +13,7 @@ from twisted.python.failure import Failure
 from netproto.framing import FramedFactory
 from netproto.services import ServerContext, ServiceError
 from netproto.upload.protocol import UploadProtocol
+from netproto.upload.quota import DEFAULT_MAX_PER_USER, Ledger, Quotas
 from netproto.upload.store import UploadStore
 from netproto.upload.workers import Executor, Lane, Reporter, WorkerThreads, callNow
 
@@ -43,6 +45,7 @@ class UploadFactory(FramedFactory):
         (``reactor.callFromThread``; :func:`~netproto.upload.workers.callNow`
         when the executor runs calls on the reactor thread itself).
     :ivar maxSize: the ``--upload-max-size`` (0: no limit).
+    :ivar quotas: the per-user quotas and cap on parallel uploads (none by default).
     """
 
     protocol = UploadProtocol
@@ -52,14 +55,17 @@ class UploadFactory(FramedFactory):
         context: ServerContext,
         store: UploadStore,
         executor: Executor,
+        *,
         maxSize: int = 0,
         report: Reporter = callNow,
+        quotas: Quotas | None = None,
     ) -> None:
         super().__init__(context)
         self.store = store
         self.executor = executor
         self.report = report
         self.maxSize = maxSize
+        self.quotas = Quotas() if quotas is None else quotas
         self._sweeper: task.LoopingCall | None = None
         self._sweepLane = Lane(executor, report)
 
@@ -78,6 +84,9 @@ class UploadFactory(FramedFactory):
         self._sweeper = None
 
     def _sweep(self) -> Deferred[None]:
+        self._sweepLane.run(self.quotas.reconcile, self.store.rootFD).addErrback(
+            lambda f: log.failure("upload: the quota check against the disk failed", f)
+        )
         d = self._sweepLane.run(self.store.sweep, self.context.reactor.seconds())
 
         def swept(removed: int) -> None:
@@ -109,4 +118,25 @@ def makeFactory(context: ServerContext) -> UploadFactory:
         executor,
         maxSize=int(options.get("upload-max-size", 0)),
         report=report,
+        quotas=makeQuotas(context),
+    )
+
+
+def makeQuotas(context: ServerContext) -> Quotas:
+    """The quotas the options ask for; the index of stored files is opened
+    (and summed) only when a quota on files or bytes is set."""
+    options = context.options
+    maxFiles = int(options.get("upload-quota-files", 0))
+    maxBytes = int(options.get("upload-quota-bytes", 0))
+    ledger = None
+    if maxFiles or maxBytes:
+        try:
+            ledger = Ledger(context.uploadDir)
+        except (OSError, sqlite3.Error) as e:
+            raise ServiceError(f"upload quota index in {context.uploadDir}: {e}") from None
+    return Quotas(
+        maxFiles=maxFiles,
+        maxBytes=maxBytes,
+        maxParallel=int(options.get("upload-max-per-user", DEFAULT_MAX_PER_USER)),
+        ledger=ledger,
     )
