@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import _CUT, _DIRECT, _FLOWING, TRANSPORT_BUFFER, ChatProtocol
 from netproto.chat.server import ChatFactory
-from netproto.directsend import directSocket, holdsNothing
+from netproto.directsend import directSocket, holdsNothing, unsent
 from tests.support import eventually
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
@@ -24,9 +24,11 @@ SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
 class Loop:
     """A chat server on loopback, and raw client sockets whose reading the test controls."""
 
-    def __init__(self, **config: Any) -> None:
-        self.factory = ChatFactory(ChatConfig(rate=0, history=0, **config), reactor)
+    def __init__(self, sndbuf: int | None = None, **config: Any) -> None:
+        self.factory = ChatFactory(ChatConfig(**{"rate": 0, "history": 0, **config}), reactor)
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        if sndbuf:  # accepted sockets inherit it, from their first byte
+            self.port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)  # type: ignore[attr-defined]
         self.socks: list[socket.socket] = []
 
     async def connect(self, rcvbuf: int | None = None) -> tuple[socket.socket, ChatProtocol]:
@@ -78,19 +80,36 @@ def loop() -> Iterator[Loop]:
 async def test_twisted_tcp_transport_is_as_direct_sends_assume(loop: Loop) -> None:
     """Twisted's TCP server transport is the exact class direct sends know; its handle is the
     socket; ``write`` buffers in ``dataBuffer``/``_tempDataBuffer``, which are empty again once
-    the reactor has sent them. If an upgrade changes this, direct sends must be revisited.
-    (And chat connections have Nagle's algorithm off.)"""
-    s, proto = await loop.connect()
+    the reactor has sent them, and ``unsent`` counts what is left of them while it sends. If
+    an upgrade changes this, direct sends and the output bound must be revisited. (And chat
+    connections have Nagle's algorithm off.)"""
+    s, proto = await loop.connect(rcvbuf=SMALL)
     transport: Any = proto.transport
     assert type(transport) is tcp.Server
     assert directSocket(transport) is transport.getHandle()
     assert proto._backlog == _DIRECT
     assert transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    assert holdsNothing(transport)
+    assert holdsNothing(transport) and unsent(transport) == 0
+    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
     transport.write(b"queued\r\n")
-    assert not holdsNothing(transport)
-    await eventually(lambda: holdsNothing(transport))
-    assert await eventually(lambda: read(s)) == b"queued\r\n"
+    assert not holdsNothing(transport) and unsent(transport) == 8
+    big = b"B" * (transport.SEND_LIMIT * 2)
+    transport.write(big)
+    assert unsent(transport) == 8 + len(big)
+    got = bytearray()
+
+    def partly() -> bool:  # Twisted sent part of its buffer: dataBuffer and offset moved
+        got.extend(read(s, 1 << 14))
+        return transport.offset > 0 and unsent(transport) == 8 + len(big) - transport.offset
+
+    await eventually(partly)
+
+    def complete() -> bool:
+        got.extend(read(s))
+        return holdsNothing(transport) and unsent(transport) == 0 and len(got) == 8 + len(big)
+
+    await eventually(complete, timeout=20)
+    assert bytes(got) == b"queued\r\n" + big
 
 
 def test_other_transports_get_plain_writes() -> None:
@@ -195,5 +214,65 @@ async def test_a_reader_that_stops_is_still_cut_off_and_others_get_everything() 
         assert [ln.split(b" ")[1] for ln in said] == [b"%05d" % i for i in range(600)]
         await eventually(lambda: received(b"has quit (too slow reading)"))
         assert slow not in loop.factory.server.nicks.values()
+    finally:
+        loop.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_reader_whose_queue_stays_under_the_bound_is_never_cut_off() -> None:
+    """Issue 9 finding 3: a member that reads steadily, as fast as lines come, but never all
+    that is queued (its queue stays at about 160 KiB, under the 256 KiB bound, and never
+    empties) is not cut off while a megabyte passes through: what counts is what is still
+    queued, not what was written since the queue was last empty."""
+    loop = Loop(maxQueue=256 * 1024)
+    try:
+        s, proto = await loop.connect(rcvbuf=SMALL)
+        assert proto._socket is not None
+        proto._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+        line = b"x" * 1000 + b"\r\n"
+        for _ in range(160):  # the standing queue
+            proto.deliver(line)
+        got = bytearray()
+        for rounds in range(1, 101):
+            for _ in range(10):
+                proto.deliver(line)
+            assert proto._backlog != _CUT
+            assert TRANSPORT_BUFFER < unsent(proto.transport) <= 256 * 1024  # never empty
+
+            def caughtUp(want: int = rounds * 10 * len(line)) -> bool:
+                got.extend(read(s, want - len(got)))  # no more than came since
+                return len(got) >= want
+
+            await eventually(caughtUp, interval=0.001)
+        assert proto._backlog != _CUT
+        assert bytes(got) == line * (len(got) // len(line))
+    finally:
+        loop.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_history_replayed_to_a_joiner_counts_against_the_bound() -> None:
+    """Issue 9 finding 3: a client that never reads and joins a room whose history is larger
+    than --chat-max-queue is cut off at once: the replay is queued like any other output, so
+    the server never holds more than the bound for it."""
+    loop = Loop(sndbuf=SMALL, maxQueue=64 * 1024, history=100)
+    try:
+        talker, _ = await loop.connect()
+        talker.send(b"".join(b"%03d " % i + b"h" * 996 + b"\n" for i in range(100)))
+        lobby = loop.factory.server.rooms["lobby"]
+        await eventually(lambda: lobby.history is not None and len(lobby.history) == 100)
+        made: list[Any] = []
+        build = loop.factory.buildProtocol
+        loop.factory.buildProtocol = lambda addr: made.append(build(addr)) or made[-1]  # type: ignore[method-assign]
+        silent = socket.socket()
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
+        silent.setblocking(False)
+        silent.connect_ex(("127.0.0.1", loop.port.getHost().port))  # type: ignore[attr-defined]
+        loop.socks.append(silent)
+        (proto,) = await eventually(lambda: made)
+        assert isinstance(proto, ChatProtocol)
+        await eventually(lambda: proto._backlog == _CUT)
+        assert unsent(proto.transport) <= 64 * 1024
+        await eventually(lambda: proto not in loop.factory.server.nicks.values())
     finally:
         loop.close()
