@@ -263,7 +263,12 @@ async def test_the_history_replayed_to_a_joiner_counts_against_the_bound() -> No
         await eventually(lambda: lobby.history is not None and len(lobby.history) == 100)
         made: list[Any] = []
         build = loop.factory.buildProtocol
-        loop.factory.buildProtocol = lambda addr: made.append(build(addr)) or made[-1]  # type: ignore[method-assign]
+
+        def recorded(addr: Any) -> Any:
+            made.append(build(addr))
+            return made[-1]
+
+        loop.factory.buildProtocol = recorded  # type: ignore[method-assign]
         silent = socket.socket()
         silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
         silent.setblocking(False)
