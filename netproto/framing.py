@@ -503,7 +503,7 @@ class FramedProtocol(Int32StringReceiver):
 
     def isBusy(self) -> bool:
         """Whether the service has work in progress for this connection (a
-        command running, a transfer open): a busy connection is never idle.
+        command running, a file being written): a busy connection is never idle.
         Services override this; the base has nothing in progress."""
         return False
 
@@ -565,7 +565,7 @@ class FramedProtocol(Int32StringReceiver):
             busy = self.isBusy()
             if busy or self._wasBusy:
                 # Busy time counts as activity, and so does the end of it: the
-                # peer gets a whole idle period after its command or transfer.
+                # peer gets a whole idle period after its command or its file.
                 self._lastActive = now
             self._wasBusy = busy
             if now + _SLACK >= self._lastActive + factory.idleTimeout:

@@ -83,7 +83,7 @@ class ServerOptions(usage.Options):
             None,
             DEFAULT_IDLE_TIMEOUT,
             "Seconds an authenticated exec or upload connection may stay idle (no frame, "
-            "no command running, no transfer open) before it gets E timeout. 0: no limit.",
+            "no command running, no upload being written) before it gets E timeout. 0: no limit.",
             seconds,
         ],
     ]

@@ -228,6 +228,30 @@ def test_idle_authenticated_connections_are_closed(netproto: Netproto) -> None:
         target.waitFds(base)
 
 
+@pytest.mark.slow
+def test_running_command_outlives_the_idle_timeout(netproto: Netproto) -> None:
+    """The honest side of the idle timeout: with ``--idle-timeout 1`` a client from
+    HONEST runs ``sleep 3`` and sends nothing while it runs.
+
+    Expected: the command runs to its end and its ``X`` arrives (a connection
+    whose command runs is busy, not idle); once the connection then stays
+    quiet, it gets ``E timeout`` for being idle and is closed.
+
+    Measure: the frames the client receives, in order, and the close."""
+    with netproto("--idle-timeout", "1", services=("exec",)) as target:
+        client = BlockingFramed(connectFrom(HONEST, target.port("exec"), timeout=DEADLINE))
+        try:
+            client.login(target.token, "exec")
+            client.sendJSON(b"R", {"argv": ["sleep", "3"]})
+            client.recvJSON(b"K")
+            assert client.recvJSON(b"X")["code"] == 0
+            error = client.recvJSON(b"E")
+            assert (error["code"], "idle" in error["message"]) == ("timeout", True)
+            assert client.closedByPeer()
+        finally:
+            client.close()
+
+
 #: Malformed control payloads, each sent by its own abusive address. Each was
 #: ``E internal`` with a traceback in the log (RecursionError, OverflowError in
 #: exec, UnicodeEncodeError) or a number no service can use.
