@@ -35,6 +35,8 @@ class Server:
         self.ports: dict[str, int] = {}
         self.token: str | None = None
         self.uploadDir = home / "uploads"
+        #: the server's log lines so far (netproto only), appended as they come
+        self.log: list[str] = []
 
     def rssKiB(self) -> int:
         """Resident set size now."""
@@ -88,7 +90,7 @@ def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
     )
     server = Server(proc, home)
     ready = threading.Event()
-    log: list[str] = []
+    log = server.log
 
     def read() -> None:
         assert proc.stdout is not None

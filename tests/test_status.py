@@ -12,6 +12,8 @@ from netproto.status import PREFIX, parseStatus
 from tests.adversarial.outside import ABUSER, Target, connectFrom, readUntil, serving, sockets
 from tests.support import TWISTD, BlockingFramed, Twistd, twistdEnv, waitUntil
 
+pytestmark = pytest.mark.e2e
+
 #: The checkout these tests belong to.
 CHECKOUT = Path(__file__).resolve().parents[1]
 

@@ -24,6 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
+from bench.soak import jsonFrame, readFrame
+from netproto.framing import encodeFrame
 from netproto.upload.names import RESERVED_PREFIX
 from tests.adversarial.outside import (
     ABUSER,
@@ -40,6 +42,8 @@ from tests.support import TWISTD, BlockingFramed, runTwistd, waitUntil
 from tests.test_status import askStatus, serveTheCheckout
 
 __all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
+
+pytestmark = pytest.mark.e2e
 
 MiB = 1 << 20
 
@@ -326,16 +330,6 @@ AT_ONCE = 64
 RSS_SLACK = 12 * MiB
 
 
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return (len(payload) + 1).to_bytes(4, "big") + kind + payload
-
-
-async def readFrame(reader: asyncio.StreamReader) -> bytes:
-    """One frame's type byte and payload."""
-    length = int.from_bytes(await reader.readexactly(4), "big")
-    return await reader.readexactly(length)
-
-
 async def lifecycle(n: int, ports: dict[str, int], token: str) -> None:
     """Connection ``n`` of the churn: a service, an abuser address and a way to
     behave, all chosen by ``n``; then closed, half the time with a reset."""
@@ -353,11 +347,11 @@ async def lifecycle(n: int, ports: dict[str, int], token: str) -> None:
         elif how:
             await readFrame(reader)  # H
             if how == 2:
-                writer.write(frame(b"A", json.dumps({"token": token}).encode()))
-                assert (await readFrame(reader))[:1] == b"K"
+                writer.write(jsonFrame(b"A", {"token": token}))
+                assert (await readFrame(reader))[0] == b"K"
             elif how == 3:
-                writer.write(frame(b"A", b"{not json"))
-                assert (await readFrame(reader))[:1] == b"E"
+                writer.write(encodeFrame(b"A", b"{not json"))
+                assert (await readFrame(reader))[0] == b"E"
     finally:
         if n % 2:
             writer.transport.abort()
