@@ -187,6 +187,29 @@ def test_shell_allowed_when_sh_is_allowed(tmp_path: Path) -> None:
     assert policy.prepare({"shell": "true"}, user="a", peer="p").shell
 
 
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"argv": ["true"], "timeout": 10**400},
+        {"argv": ["true"], "timeout": 1e300},
+        {"argv": ["true"], "timeout": float("inf")},
+        {"argv": ["true"], "timeout": float("nan")},
+        {"shell": "echo \ud800"},
+        {"argv": ["true", "\udfff"]},
+        {"argv": ["true"], "env": {"A": "\ud800"}},
+        {"argv": ["true"], "env": {"\ud800": "a"}},
+        {"argv": ["true"], "cwd": "\ud800"},
+    ],
+)
+def test_absurd_numbers_and_unencodable_strings_are_bad_frames(
+    tmp_path: Path, request_: dict[str, Any]
+) -> None:
+    """The policy refuses, on its own, what the JSON decoder may let through:
+    a 400-digit timeout was an OverflowError, a lone surrogate a
+    UnicodeEncodeError, both E internal; infinity would never time out."""
+    assert refusal(policyFor(tmp_path), request_).code == "bad-frame"
+
+
 def test_no_shell_refuses_shell_requests(tmp_path: Path) -> None:
     """--exec-no-shell: shell requests are not-allowed, argv requests still run."""
     policy = policyFor(tmp_path, **{"exec-no-shell": True})
@@ -315,6 +338,12 @@ class FakeProcess:
 
     def loseConnection(self) -> None:
         self.calls.append(("terminate", None))
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("stdin", data))
+
+    def closeStdin(self) -> None:
+        self.calls.append(("closeStdin", None))
 
 
 def bridge(

@@ -71,9 +71,12 @@ class ClientReading:
     def __init__(self, proto: ExecProtocol, clock: Any) -> None:
         self.proto = proto
         self.clock = clock
+        #: Whether the client is not read now (the stdin pipe is full).
+        self.paused = False
         self._check: IDelayedCall | None = None
 
     def pauseProducing(self) -> None:
+        self.paused = True
         transport = self.proto.transport
         if transport is not None:
             IPushProducer(transport).pauseProducing()
@@ -81,12 +84,14 @@ class ClientReading:
                 self._check = self.clock.callLater(HANGUP_CHECK, self._checkPeer)
 
     def resumeProducing(self) -> None:
+        self.paused = False
         self._cancel()
         transport = self.proto.transport
         if transport is not None:
             IPushProducer(transport).resumeProducing()
 
     def stopProducing(self) -> None:
+        self.paused = False
         self._cancel()
 
     def _cancel(self) -> None:
@@ -122,6 +127,8 @@ class ExecProtocol(FramedProtocol):
         self._closedWaiters: list[Deferred[None]] = []
         #: Where every frame of this connection goes (see :mod:`netproto.exec.output`).
         self.output: FrameWriter | None = None
+        #: The running command's stdin pipe reading this connection, if it has one.
+        self.reading: ClientReading | None = None
         self._startLog: StartLog | None = None
 
     def connectionMade(self) -> None:
@@ -149,6 +156,14 @@ class ExecProtocol(FramedProtocol):
         else:
             self._closedWaiters.append(d)
         return d
+
+    def isBusy(self) -> bool:
+        """A connection whose command runs is never idle, however quiet the command."""
+        return self.command is not None
+
+    def readingPaused(self) -> bool:
+        """Whether the command's full stdin pipe has paused reading this connection."""
+        return self.reading is not None and self.reading.paused
 
     # -- frames ----------------------------------------------------------------
 
@@ -219,6 +234,7 @@ class ExecProtocol(FramedProtocol):
             return
         self.command = None
         self.stdinOpen = False
+        self.reading = None
         if self.output is not None and self.transport is not None:
             self.output.setOutput(None)
 

@@ -276,7 +276,8 @@ class ExecFactory(FramedFactory):
         # A full stdin pipe pauses reading the client (the protocol registers
         # the command as its connection's producer: the other direction).
         if transport.stdinWriter is not None:
-            transport.stdinWriter.registerProducer(ClientReading(proto, reactor), True)
+            proto.reading = ClientReading(proto, reactor)
+            transport.stdinWriter.registerProducer(proto.reading, True)
         proto.startLog(self.log, user).started(transport.pid, prepared.describe())
         started = reactor.seconds()
         peer = proto.peer
