@@ -161,7 +161,8 @@ _JSON_DECODER: Final = json.JSONDecoder(
 #: payload is crafted.
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_NESTING: Final = tuple(1 if b in b"[{" else -1 for b in range(256))
+#: Opening brackets to the signed byte +1, closing ones to -1.
+_NESTING: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 #: ``\uD800`` to ``\uDFFF`` escapes: the only way a payload can carry a lone surrogate.
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -176,8 +177,9 @@ def nestedDeeperThan(payload: bytes, limit: int) -> bool:
     """
     if payload.count(b"[") + payload.count(b"{") <= limit:
         return False
-    brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0) > limit
+    steps = _STRING.sub(b"", payload).translate(_NESTING, _NOT_BRACKETS)
+    with memoryview(steps) as view:
+        return max(itertools.accumulate(view.cast("b")), default=0) > limit
 
 
 def decodeJSON(payload: bytes) -> dict[str, Any]:
