@@ -71,6 +71,17 @@ def attacker(target: Target, service: str, source: str, login: bool) -> socket.s
     return client.sock
 
 
+def readNow(sock: socket.socket) -> bytes | None:
+    """What a non-blocking ``sock`` has now: ``b""`` once the server closed or
+    reset it, ``None`` when there is nothing to read after all."""
+    with contextlib.suppress(BlockingIOError):
+        try:
+            return sock.recv(1 << 16)
+        except ConnectionResetError:
+            return b""
+    return None
+
+
 def trickle(socks: list[socket.socket], every: float = 0.25) -> dict[socket.socket, bytes]:
     """Send each socket one byte every ``every`` seconds until the server has closed
     them all (the pacing is the attack's rate; the wait is on the closes, with a
@@ -94,14 +105,9 @@ def trickle(socks: list[socket.socket], every: float = 0.25) -> dict[socket.sock
         for key, _ in selector.select(timeout=max(0.0, min(nextByte, end) - now)):
             ready = key.fileobj
             assert isinstance(ready, socket.socket)
-            try:
-                data = ready.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                data = b""
-            received[ready] += data
-            if not data:
+            data = readNow(ready)
+            received[ready] += data or b""
+            if data == b"":
                 alive.discard(ready)
                 selector.unregister(ready)
     selector.close()
