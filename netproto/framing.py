@@ -764,12 +764,14 @@ class FramedProtocol(Int32StringReceiver):
         if error.fatal:
             self.state = State.CLOSED
             if self.transport is not None:
-                self.transport.loseConnection()
+                # Armed first: a transport that reports the loss at once
+                # (connectionLost inside loseConnection) cancels it.
                 if self._watchdog is not None and self._watchdog.active():
                     self._watchdog.cancel()
                 self._watchdog = self.factory.context.reactor.callLater(
                     CLOSE_GRACE, self._drainExpired
                 )
+                self.transport.loseConnection()
 
     def _drainExpired(self) -> None:
         """The peer did not take what was left for it within :data:`CLOSE_GRACE`."""
