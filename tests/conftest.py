@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+
+# Every subprocess a test starts (twistd, the netproto client) imports netproto from
+# this checkout, not from the copy `pip install .` put in the virtualenv earlier: the
+# two differ while someone works on the code, and are the same in CI.
+CHECKOUT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(CHECKOUT), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 # Hypothesis checks correctness here, never speed: on a loaded 2-core CI machine an
 # example may take seconds, so no per-example deadline and no "too slow" health check.
