@@ -35,7 +35,7 @@ import resource
 import signal
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -125,8 +125,11 @@ class Soak:
         self.started = time.monotonic()
         self.logBytes = 0
         self.logErrors = 0
+        #: the server's last log lines, shown if it dies
+        self.logTail: deque[str] = deque(maxlen=40)
         self.outside = server.home / "outside"
         self.attackTasks: set[asyncio.Task[None]] = set()
+        self.died = False
         #: the honest exec and upload clients' logged-in connections
         self.connections: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
 
@@ -233,6 +236,7 @@ class Soak:
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
                 self.honest["chat errors"] += 1
                 self.honestErrors[f"chat: {type(e).__name__}: {e}"[:120]] += 1
+                await self.pause(1.0)
 
     async def chatRound(self) -> None:
         speaker, speakerOut = await self.connect("chat")
@@ -441,6 +445,7 @@ class Soak:
         log = self.server.log
         end = len(log)
         found = []
+        self.logTail.extend(log[:end])
         for line in log[:end]:
             self.logBytes += len(line)
             if "#error]" in line or "#critical]" in line or "Traceback" in line:
@@ -509,11 +514,24 @@ class Soak:
     async def sampler(self) -> None:
         while not self.stopping.is_set():
             await self.sample()
+            if self.server.proc.poll() is not None:
+                self.readLog()
+                print("the server died; its last log lines:\n" + "".join(self.logTail))
+                self.died = True
+                self.stopping.set()
+                return
             await self.pause(self.sampleEvery)
 
     # -- the run ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # SIGUSR1 ends a server that has not yet installed its handler (it does
+        # once the reactor runs, then logs "ready").
+        deadline = time.monotonic() + 60
+        while not any("netproto: ready" in line for line in self.server.log):
+            if time.monotonic() > deadline:
+                raise SystemExit("soak: the server did not log 'netproto: ready'")
+            await asyncio.sleep(0.05)
         self.outside.mkdir()
         self.server.uploadDir.mkdir(parents=True, exist_ok=True)
         (self.server.uploadDir / "evil-link").symlink_to(self.outside)
@@ -529,6 +547,8 @@ class Soak:
         await self.pause(self.seconds)
         self.stopping.set()
         await asyncio.gather(*tasks)
+        if self.died:
+            return
         for task in list(self.attackTasks):
             task.cancel()
         await asyncio.gather(*self.attackTasks, return_exceptions=True)
@@ -554,6 +574,7 @@ class Soak:
         outside = sorted(str(p) for p in self.outside.rglob("*"))
         return {
             "seconds": self.seconds,
+            "server_died": self.died,
             "series": table,
             "honest": dict(sorted(self.honest.items())),
             "honest_errors": dict(self.honestErrors.most_common(20)),
@@ -632,6 +653,8 @@ def main() -> None:
         soak = Soak(server, args.seconds, args.sample, args.seed)
         asyncio.run(soak.run())
     summary = soak.summary()
+    if soak.died:
+        raise SystemExit("soak: the server died (its log is above)")
     text = report(summary)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
