@@ -456,3 +456,25 @@ async def test_the_shutdown_trigger_is_let_go_once_the_factory_has_stopped(
         assert server.factory._trigger is not None
         client.close()
     await eventually(lambda: server.factory._trigger is None, 5)
+
+
+# -- the guardian ---------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_guardian_that_dies_is_replaced_and_one_let_go_is_reaped(tmp_path: Path) -> None:
+    """The guardian (what ends the commands if the server is killed) is started
+    with the service; killed while the server runs, another takes its place;
+    when the service stops it exits and is reaped: no process is left."""
+    async with serving(tmp_path) as server:
+        guardian = server.factory.guardian
+        assert guardian is not None
+        first = guardian.pid
+        assert first is not None and psutil.Process(first).ppid() == os.getpid()
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: guardian.pid not in (None, first), timeout=10)
+        second = guardian.pid
+        assert second is not None
+        assert "netproto.exec.guardian" in psutil.Process(second).cmdline()
+    await eventually(lambda: not psutil.pid_exists(second), timeout=10)
+    assert not psutil.pid_exists(first)
