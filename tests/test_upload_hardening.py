@@ -71,38 +71,38 @@ def remount(path: Path, mode: str) -> None:
 # -- finding 6: objects planted at the partial file's name -----------------------
 
 
-def _hardLink(part: Path, outside: Path) -> None:
+def plantHardLink(part: Path, outside: Path) -> None:
     os.link(outside, part)
 
 
-def _symlink(part: Path, outside: Path) -> None:
+def plantSymlink(part: Path, outside: Path) -> None:
     part.symlink_to(outside)
 
 
-def _fifo(part: Path, outside: Path) -> None:
+def plantFifo(part: Path, outside: Path) -> None:
     os.mkfifo(part)
 
 
-def _directory(part: Path, outside: Path) -> None:
+def plantDirectory(part: Path, outside: Path) -> None:
     part.mkdir()
 
 
-def _socket(part: Path, outside: Path) -> None:
+def plantSocket(part: Path, outside: Path) -> None:
     os.mknod(part, stat.S_IFSOCK | 0o600)  # what bind() leaves; the path is too long to bind
 
 
-def _foreignFile(part: Path, outside: Path) -> None:
+def plantForeignFile(part: Path, outside: Path) -> None:
     part.write_bytes(b"left by someone else")
     os.chown(part, 4321, 4321)
 
 
 PLANTS: dict[str, Callable[[Path, Path], None]] = {
-    "hard link to an outside file": _hardLink,
-    "symbolic link to an outside file": _symlink,
-    "FIFO": _fifo,
-    "directory": _directory,
-    "UNIX socket": _socket,
-    "regular file of another owner": _foreignFile,
+    "hard link to an outside file": plantHardLink,
+    "symbolic link to an outside file": plantSymlink,
+    "FIFO": plantFifo,
+    "directory": plantDirectory,
+    "UNIX socket": plantSocket,
+    "regular file of another owner": plantForeignFile,
 }
 
 

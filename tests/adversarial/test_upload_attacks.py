@@ -28,7 +28,7 @@ from netproto.upload.names import PARTIAL_PREFIX, partialName
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
 from tests.support import BlockingFramed, waitUntil
 from tests.test_status import serveTheCheckout
-from tests.test_upload_hardening import smallTmpfs
+from tests.test_upload_hardening import plantFifo, plantHardLink, plantSymlink, smallTmpfs
 
 __all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
@@ -137,22 +137,10 @@ def users(home: Path, *names: str) -> Path:
 # -- planted links ------------------------------------------------------------------
 
 
-def _plantHardLink(part: Path, outside: Path) -> None:
-    os.link(outside, part)
-
-
-def _plantSymlink(part: Path, outside: Path) -> None:
-    part.symlink_to(outside)
-
-
-def _plantFifo(part: Path, outside: Path) -> None:
-    os.mkfifo(part)
-
-
 PLANTS: dict[str, Callable[[Path, Path], None]] = {
-    "hardlink": _plantHardLink,
-    "symlink": _plantSymlink,
-    "fifo": _plantFifo,
+    "hardlink": plantHardLink,
+    "symlink": plantSymlink,
+    "fifo": plantFifo,
 }
 
 
