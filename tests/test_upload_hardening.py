@@ -16,9 +16,12 @@ from typing import Any
 import pytest
 
 from netproto.framing import encodeFrame
+from netproto.testing import defaultOptions
+from netproto.upload import plugin as uploadPlugin
 from netproto.upload import store
 from netproto.upload.names import partialName
 from netproto.upload.protocol import UploadProtocol
+from netproto.upload.quota import DEFAULT_MAX_PER_USER
 from tests.test_upload_protocol import Harness, StepExecutor, error, stored
 
 
@@ -504,3 +507,8 @@ def test_reading_paused_by_flow_control_stops_the_frame_deadline(tmp_path: Path)
     c.finish(data)
     steps.runAll()
     assert c.frames() == stored("f", data)
+
+
+def test_the_declared_default_cap_is_the_one_documented_in_the_code() -> None:
+    """``twistd netproto --help`` shows the cap the service uses by default."""
+    assert defaultOptions(uploadPlugin.service)["upload-max-per-user"] == DEFAULT_MAX_PER_USER

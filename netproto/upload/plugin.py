@@ -45,7 +45,7 @@ service = LazyService(
         [
             "upload-max-per-user",
             None,
-            8,
+            8,  # netproto.upload.quota.DEFAULT_MAX_PER_USER (the plugin imports nothing heavy)
             "Uploads one user may have in progress at once; one more is refused "
             "with busy (0: no limit).",
             count,

@@ -11,6 +11,12 @@ touches the reactor. The promises:
   the tree nor a swap between a check and a use can lead outside it. A
   symbolic link where a directory is needed refuses the name; one under the
   final name is replaced (with ``overwrite``), never followed.
+* **Nothing planted is ever opened as a partial file.** Partial files are
+  created with ``O_EXCL``; an existing one is reused or replaced only if it
+  is a regular file with one link owned by the server's uid. Anything else
+  at a partial name (a hard link to a file outside, a symbolic link, a FIFO)
+  refuses the upload with ``not-allowed`` (:meth:`UploadStore._openKept`).
+* **Every OS error has its code** (:data:`ERRNO_CODES`), never a crash.
 * **Nothing half-written under a final name.** Data goes to a partial file
   beside its destination (:func:`netproto.upload.names.partialName`), is
   hashed while written, and only after the size and the SHA-256 match is it
