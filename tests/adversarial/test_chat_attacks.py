@@ -212,6 +212,7 @@ def cutOffs(target: Target) -> int:
 STANDING = 150 * 1024
 
 
+@pytest.mark.slow
 def test_a_steady_slow_reader_survives_a_flood_while_a_never_reader_is_cut_off(
     netproto: Netproto,
 ) -> None:
@@ -273,6 +274,7 @@ def test_a_steady_slow_reader_survives_a_flood_while_a_never_reader_is_cut_off(
             flooder.close()
 
 
+@pytest.mark.slow
 def test_idle_clients_that_never_read_are_aborted_and_their_slots_freed(
     netproto: Netproto,
 ) -> None:
