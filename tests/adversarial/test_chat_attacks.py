@@ -278,15 +278,17 @@ def test_a_steady_slow_reader_survives_a_flood_while_a_never_reader_is_cut_off(
 def test_idle_clients_that_never_read_are_aborted_and_their_slots_freed(
     netproto: Netproto,
 ) -> None:
-    """Attack: eight clients from one address fill its --chat-max-per-address (8), stop
-    reading while the lobby is flooded (so the server holds output for each, under the
-    bound), and never speak. Expected: the idle timeout dismisses them, their slots are free
-    at once and their connections are aborted after --chat-close-grace (issue 9 finding 2:
-    ``loseConnection`` waited for them to read, forever, and ``! server full`` followed).
-    Measure: the server's queue for each (from /proc/net/tcp), its open fds back to their
-    baseline, a new client from the same address welcomed."""
-    args = ("--chat-rate", "0", "--chat-max-per-address", "8", "--chat-idle-timeout", "4")
-    with netproto(*args, "--chat-close-grace", "1", services=("chat",)) as target:
+    """Attack: eight clients from one address fill its --chat-max-per-address (8) and,
+    with an honest flooder, the --chat-max-clients (9); they stop reading while the lobby is
+    flooded (so the server holds output for each, under the bound), and never speak.
+    Expected: the idle timeout dismisses them, their slots are free at once and their
+    connections are aborted after --chat-close-grace (issue 9 finding 2: ``loseConnection``
+    waited for them to read, forever, and ``! server full`` followed). Measure: the
+    server's queue for each (from /proc/net/tcp), its open fds back to their baseline, a
+    new client from the same address and an honest one welcomed."""
+    args = ("--chat-rate", "0", "--chat-max-per-address", "8", "--chat-max-clients", "9")
+    grace = ("--chat-idle-timeout", "4", "--chat-close-grace", "1")
+    with netproto(*args, *grace, services=("chat",)) as target:
         port = target.port("chat")
         baseline = target.fds()
         flooder = Flooder(port)
@@ -304,9 +306,9 @@ def test_idle_clients_that_never_read_are_aborted_and_their_slots_freed(
             flooder.close()
             target.waitFds(baseline, timeout=DEADLINE)
             assert cutOffs(target) == 0
-            welcomed = connectFrom(ABUSER, port)
-            assert b"Welcome" in readUntil(welcomed, b"/help", DEADLINE)
-            welcomed.close()
+            for source in (ABUSER, HONEST):
+                with connectFrom(source, port) as welcomed:
+                    assert b"Welcome" in readUntil(welcomed, b"/help", DEADLINE)
         finally:
             for sock in silent:
                 sock.close()
