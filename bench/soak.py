@@ -96,10 +96,10 @@ async def outcome(reader: asyncio.StreamReader, timeout: float = 15.0) -> str:
                 said = "E " + json.loads(payload)["code"]
     except asyncio.IncompleteReadError:
         return said
-    except (ConnectionError, OSError):
-        return said + " (reset)"
-    except TimeoutError:
+    except TimeoutError:  # before OSError, of which it is a subclass
         return "open"
+    except OSError:
+        return said + " (reset)"
 
 
 class RefusedError(Exception):
@@ -124,6 +124,8 @@ class Soak:
         self.stopping = asyncio.Event()
         self.started = time.monotonic()
         self.logBytes = 0
+        self.lastLogBytes = 0
+        self.lastSample = time.monotonic()
         self.logErrors = 0
         #: the server's last log lines, shown if it dies
         self.logTail: deque[str] = deque(maxlen=40)
@@ -490,6 +492,9 @@ class Soak:
                 children += child.status() != psutil.STATUS_ZOMBIE
         partial, final = self.partials()
         latencies, self.latencies = self.latencies, []
+        now = time.monotonic()
+        logRate = (self.logBytes - self.lastLogBytes) / 1024 / max(now - self.lastSample, 1e-3)
+        self.lastLogBytes, self.lastSample = self.logBytes, now
         row: dict[str, Any] = {
             "t": round(time.monotonic() - self.started, 1),
             "rss_mib": round(self.process.memory_info().rss / MiB, 1),
@@ -501,6 +506,7 @@ class Soak:
             "delayed_calls": status.get("delayed_calls"),
             "connections": sum(v for k, v in status.items() if k.startswith("conn_")),
             "log_mib": round(self.logBytes / MiB, 2),
+            "log_kib_s": round(logRate, 1),
             "log_errors": self.logErrors,
             "probe_max_ms": round(max(latencies) * 1000) if latencies else None,
             "attacks_running": len(self.attackTasks),
@@ -615,7 +621,7 @@ def plot(samples: list[dict[str, Any]], path: Path) -> None:
         ("threads", "threads"),
         ("children", "child processes"),
         ("partial_files", "partial uploads on disk"),
-        ("log_mib", "log written (MiB)"),
+        ("log_kib_s", "log written (KiB/s)"),
         ("probe_max_ms", "worst honest chat probe (ms)"),
     ]
     fig, axes = plt.subplots(3, 3, figsize=(12, 8), sharex=True)
