@@ -6,7 +6,7 @@ pending timers (a leak of delayed calls is a leak of memory and of work
 that one day all fires), its thread pool, and which service the open
 connections belong to. ``kill -USR1 PID`` logs them in one line::
 
-    netproto: status: delayed_calls=3 threads=1 pool_threads=0 pool_busy=0
+    netproto: status: delayed_calls=3 threads=9 pool_threads=0 pool_busy=0
         pool_queued=0 conn_chat=12 conn_exec=1 conn_upload=0
 
 (one line in the log; wrapped here).
