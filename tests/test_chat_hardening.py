@@ -211,6 +211,18 @@ def test_a_connection_that_closes_in_time_leaves_no_timer() -> None:
     assert h.factory.clients == 0
 
 
+def test_closing_a_connection_already_lost_schedules_nothing() -> None:
+    """A transport may lose its connection inside ``loseConnection`` (Twisted's TCP does
+    when its write side is already shut): close then leaves no abort on the clock."""
+    h = Harness(closeGrace=5)
+    a, ta = h.connect()
+    a.connectionLost(Failure(ConnectionDone()))
+    a.close()
+    h.clock.advance(h.factory.config.noticeDelay)
+    assert not h.clock.getDelayedCalls()
+    assert h.factory.clients == 0
+
+
 # -- finding 12: look-alike names and invisible characters -----------------------------------
 
 

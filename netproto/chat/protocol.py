@@ -62,7 +62,7 @@ SLOW_DOWN = errorLine("slow down")
 
 _DONE = Failure(ConnectionDone())
 _FLOWING = -1  # _backlog: write through the transport (it may hold some already)
-_CUT = -2  # _backlog: cut off; everything is dropped until the connection is gone
+_CUT = -2  # _backlog: cut off or gone; everything is dropped
 _DIRECT = -3  # _backlog: Twisted holds nothing for the connection: send on its socket
 # _backlog >= 0: a transport whose buffer cannot be read reported it full; the bytes
 # written since.
@@ -153,6 +153,7 @@ class ChatProtocol(LineReceiver):
         abortCall = self._abortCall
         if abortCall is not None and abortCall.active():
             abortCall.cancel()
+        self._backlog = _CUT  # nothing more to send, nor to abort (see close)
         factory.server.disconnect(self, why)
         self._release()
 
