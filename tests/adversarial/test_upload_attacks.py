@@ -245,7 +245,7 @@ def test_directory_swapped_for_a_symlink_during_uploads_writes_nothing_outside(
         finally:
             stop.set()
             thread.join(DEADLINE)
-        assert swaps[0] > 100
+        assert swaps[0] > 10  # the attack did run (thousands of swaps, usually)
         assert list(outside.iterdir()) == []
         real = next(p for p in (target.uploadDir / "d", swapped) if not p.is_symlink())
         for leaf, data in stored.items():
