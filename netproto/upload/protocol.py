@@ -390,12 +390,12 @@ class UploadProtocol(FramedProtocol):
             d = (
                 synced.addCallback(lambda _: hashed)
                 .addCallback(lambda _: flushed)
-                .addCallback(self._place, upload, partial, sha256)
+                .addCallback(self._place, upload, sha256)
             )
         d.addCallbacks(self._stored, self._finishFailed, (upload,), {}, (upload,))
         return d
 
-    def _place(self, _: None, upload: Upload, partial: PartialFile, sha256: str) -> Deferred[str]:
+    def _place(self, _: None, upload: Upload, sha256: str) -> Deferred[str]:
         if self.upload is not upload:
             raise ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
         assert self.writer is not None
