@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -290,4 +291,4 @@ UploadMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     deadline=None,
 )
-test_upload_state_machine = UploadMachine.TestCase
+test_upload_state_machine = pytest.mark.slow(UploadMachine.TestCase)
