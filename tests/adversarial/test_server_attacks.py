@@ -266,6 +266,7 @@ class MixedLoad:
         assert self.stored <= found.keys()
 
 
+@pytest.mark.slow
 def test_sigtermUnderMixedLoadExitsCleanly(tmp_path: Path) -> None:
     """Attack (or an operator): SIGTERM while chat members talk, commands run (with
     children, and one blocked on a client that does not read), small files are
