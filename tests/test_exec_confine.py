@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
 
 from netproto.exec import registry
 from netproto.exec.cgroups import PidsCgroups, endCgroups, members, pidsHome, taskCount
@@ -204,10 +205,17 @@ _made = itertools.count(1_000_000)
 
 
 @pytest.fixture
-def cgroups() -> Iterator[PidsCgroups]:
-    """This process's command cgroups, at most 8 tasks each (where it may make them)."""
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def cgroups(clock: Clock) -> Iterator[PidsCgroups]:
+    """This process's command cgroups, at most 8 tasks each (where it may make
+    them), with a grace of 5 s on ``clock``."""
     me = os.getpid()
-    made = PidsCgroups.create(registry.instanceName(me, startTime(me) or 0, next(_made)), 8)
+    name = registry.instanceName(me, startTime(me) or 0, next(_made))
+    made = PidsCgroups.create(name, 8, grace=5, clock=clock.seconds)
     if made is None:
         pytest.skip("no writable cgroup v1 pids hierarchy on this machine")
     yield made
@@ -258,37 +266,49 @@ def test_pids_max_bounds_a_fork_bomb(cgroups: PidsCgroups, devnull: int) -> None
     assert not os.path.exists(cgroup.path)
 
 
-def test_an_emptied_cgroup_is_reused_and_one_with_escapees_is_set_aside(
-    cgroups: PidsCgroups, devnull: int
+def test_an_emptied_cgroup_is_reused_and_what_is_left_in_one_is_ended(
+    cgroups: PidsCgroups, clock: Clock, devnull: int
 ) -> None:
-    """An empty cgroup serves the next command; one still holding a process
-    that left the command's group waits aside until it empties."""
+    """An empty cgroup serves the next command. One still holding a process
+    that left the command's group (``setsid``, and ignoring ``SIGTERM``) when
+    the group is gone has it sent TERM and is set aside; after the grace period
+    the sweep sends KILL, and takes the emptied cgroup back."""
     first = cgroups.acquire()
     child = cgroups.startInside(first, lambda: shell("true", devnull))
     drain(child)
     cgroups.release(first)
     assert cgroups.acquire() is first
-    child = cgroups.startInside(
-        first, lambda: shell("setsid sleep 60 >/dev/null 2>&1 & echo $!", devnull)
-    )
+    script = "setsid sh -c 'trap \"\" TERM; exec sleep 60' >/dev/null 2>&1 & echo $!"
+    child = cgroups.startInside(first, lambda: shell(script, devnull))
     (escapee,) = (int(line) for line in drain(child).split())
+    waitUntil(lambda: _command(escapee) == b"sleep")
     cgroups.release(first)
     assert cgroups.retired == [first]
     second = cgroups.acquire()
     assert second is not first
-    os.kill(escapee, signal.SIGKILL)
-    waitUntil(lambda: taskCount(first.path) == 0 or _reapOrphans(), timeout=10)
+    clock.advance(1)
+    cgroups.sweep()
+    assert liveGroups({escapee}) == {escapee}  # TERM ignored, KILL not yet due
+    clock.advance(4)
+    cgroups.sweep()
+    waitUntil(lambda: taskCount(first.path) == 0 or _reap(escapee), timeout=10)
     cgroups.sweep()
     assert cgroups.retired == []
     cgroups.release(second)
     assert {cgroups.acquire(), cgroups.acquire()} == {first, second}
 
 
-def _reapOrphans() -> bool:
-    """Reap orphans reparented to this process (a subreaper once the exec
-    factory has run in it); never true, so that the caller waits on."""
+def _command(pid: int) -> bytes:
+    with open(f"/proc/{pid}/comm", "rb") as f:
+        return f.read().strip()
+
+
+def _reap(pid: int) -> bool:
+    """Reap ``pid`` if it is an exited child of this process (it is, when this
+    process became a subreaper by running the exec factory); never true, so
+    that the caller goes on waiting for what it waits for."""
     with contextlib.suppress(ChildProcessError):
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+        os.waitpid(pid, os.WNOHANG)
     return False
 
 
@@ -300,7 +320,7 @@ def test_endCgroups_ends_what_left_the_process_group(cgroups: PidsCgroups, devnu
         cgroup, lambda: shell("setsid sleep 60 >/dev/null 2>&1 & echo $!", devnull)
     )
     (escapee,) = (int(line) for line in drain(child).split())
-    assert os.getsid(escapee) == escapee
+    waitUntil(lambda: os.getsid(escapee) == escapee)
     assert endCgroups(cgroups.instance, grace=5) == 1
     waitUntil(lambda: not liveGroups({escapee}), timeout=10)
     assert not os.path.exists(cgroups.instance)

@@ -285,10 +285,10 @@ def _sid(pid: int) -> int | None:
 async def test_S_KILL_ends_a_command_whose_output_is_held_outside_its_group(
     tmp_path: Path,
 ) -> None:
-    """What a command that escapes its group can do: a child that calls setsid
-    survives the command's end. S KILL still ends the command (X comes) although
-    that child keeps the output pipe open."""
-    async with serving(tmp_path) as server:
+    """What a command that escapes its group can do without cgroups: a child
+    that calls setsid survives the command's end. S KILL still ends the command
+    (X comes) although that child keeps the output pipe open."""
+    async with serving(tmp_path, **{"exec-no-cgroups": True}) as server:
         client = await server.connect()
         pid = await started(client, {"shell": "setsid sleep 60 & echo $!; wait"})
         kind, payload = await waitDeferred(client.receive())
@@ -478,3 +478,20 @@ async def test_a_guardian_that_dies_is_replaced_and_one_let_go_is_reaped(tmp_pat
         assert "netproto.exec.guardian" in psutil.Process(second).cmdline()
     await eventually(lambda: not psutil.pid_exists(second), timeout=10)
     assert not psutil.pid_exists(first)
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_cgroup_what_left_the_group_ends_with_its_command(tmp_path: Path) -> None:
+    """With a pids cgroup per command, a child that left the command's group
+    (setsid, TERM ignored) does not outlive the command: once the group is gone
+    it gets TERM, then KILL after the grace period."""
+    async with serving(tmp_path) as server:
+        if server.factory.confinement.cgroups is None:
+            pytest.skip("no writable cgroup v1 pids hierarchy on this machine")
+        client = await server.connect()
+        script = "setsid sh -c 'trap \"\" TERM; exec sleep 60' >/dev/null 2>&1 & echo $!"
+        result = await run(client, {"shell": script})
+        escaped = psutil.Process(int(result.out))
+        assert result.exit["code"] == 0
+        await eventually(lambda: not escaped.is_running() or escaped.status() == "zombie", 15)
+        client.close()

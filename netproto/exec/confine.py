@@ -42,7 +42,7 @@ import netproto
 from netproto.exec import registry as _registry
 from netproto.exec import spawn as _spawn
 from netproto.exec.cgroups import PidsCgroups
-from netproto.exec.policy import DEFAULT_MAX_TASKS
+from netproto.exec.policy import DEFAULT_MAX_TASKS, ExecPolicy
 from netproto.exec.spawn import Spawned
 from netproto.exec.transport import ExitWatcher
 
@@ -80,29 +80,26 @@ class Confinement:
 
     @classmethod
     def create(
-        cls, dataDir: Path, name: str, maxTasks: int | None, useCgroups: bool, size: int
+        cls, dataDir: Path, name: str, policy: ExecPolicy, clock: Callable[[], float]
     ) -> Confinement:
-        """The confinement of one server instance called ``name``.
-
-        :param maxTasks: the bound on a command's tasks; None where the
-            operator gave none (then a cgroup has the default, and no
-            ``RLIMIT_NPROC`` is set).
-        :param size: most commands at once (the registry's size).
-        """
+        """The confinement of one server instance called ``name``, as ``policy``
+        says (``maxTasks``, ``cgroups``; ``maxProcs`` commands at once, ended
+        after ``killGrace``); ``clock`` tells seconds."""
         cgroups = None
-        if useCgroups:
-            bound = DEFAULT_MAX_TASKS if maxTasks is None else maxTasks
-            cgroups = PidsCgroups.create(name, bound)
+        if policy.cgroups:
+            bound = DEFAULT_MAX_TASKS if policy.maxTasks is None else policy.maxTasks
+            cgroups = PidsCgroups.create(name, bound, policy.killGrace, clock)
         if cgroups is not None:
             return cls(cgroups, None, None)
         registry = None
         try:
             directory = dataDir / REGISTRY_DIR
             directory.mkdir(mode=0o700, exist_ok=True)
-            registry = _registry.GroupRegistry(str(directory / name), size)
+            registry = _registry.GroupRegistry(str(directory / name), policy.maxProcs)
         except OSError as e:
             log.warn("exec: cannot record running commands in {dir}: {why}", dir=dataDir, why=e)
-        nproc = maxTasks if maxTasks is not None and os.geteuid() != 0 else None
+        # RLIMIT_NPROC counts all of the user's processes: only when asked for.
+        nproc = policy.maxTasks if os.geteuid() != 0 else None
         return cls(None, registry, nproc)
 
     def describe(self) -> str:

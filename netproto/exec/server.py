@@ -122,7 +122,7 @@ class ExecFactory(FramedFactory):
         """Set up where commands are kept, and the guardian that ends them with the server."""
         policy, dataDir = self.policy, self.context.dataDir
         self.confinement = Confinement.create(
-            dataDir, instance(), policy.maxTasks, policy.cgroups, policy.maxProcs
+            dataDir, instance(), policy, self.context.reactor.seconds
         )
         arguments = self.confinement.guardianArguments(dataDir, policy.killGrace)
         self.guardian = Guardian(self.context.reactor, arguments, devnull)
