@@ -20,8 +20,9 @@ from twisted.internet.task import Clock
 from netproto.exec import registry
 from netproto.exec.cgroups import PidsCgroups, endCgroups, members, pidsHome, taskCount
 from netproto.exec.confine import Confinement
+from netproto.exec.procs import liveGroups, startTime
 from netproto.exec.registry import GroupRegistry, endGroups, recorded
-from netproto.exec.spawn import Spawned, liveGroups, spawn, startTime
+from netproto.exec.spawn import Spawned, spawn
 from tests.support import waitUntil
 from tests.test_exec_units import drain
 

@@ -164,15 +164,28 @@ def endCgroups(instance: str, grace: float) -> int:
 
 
 class CommandCgroup:
-    """One command's cgroup: its directory and its ``tasks`` file, kept open."""
+    """One command's cgroup: its directory, and its ``tasks`` and ``pids.current``
+    files kept open (opening a cgroup file costs 30 µs, a ``pread`` 1.5)."""
 
-    __slots__ = ("path", "retiredAt", "tasks")
+    __slots__ = ("current", "path", "retiredAt", "tasks")
 
-    def __init__(self, path: str, tasks: int) -> None:
+    def __init__(self, path: str, tasks: int, current: int) -> None:
         self.path = path
         self.tasks = tasks
+        self.current = current
         #: When its command's group was gone with members left here.
         self.retiredAt = 0.0
+
+    def taskCount(self) -> int | None:
+        """How many tasks count against its ``pids.max``; None if it is gone."""
+        try:
+            return int(os.pread(self.current, 32, 0))
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        os.close(self.tasks)
+        os.close(self.current)
 
 
 class PidsCgroups:
@@ -247,7 +260,13 @@ class PidsCgroups:
         except OSError:
             os.rmdir(path)
             raise
-        return CommandCgroup(path, tasks)
+        try:
+            current = os.open(os.path.join(path, "pids.current"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(tasks)
+            os.rmdir(path)
+            raise
+        return CommandCgroup(path, tasks, current)
 
     def startInside(self, cgroup: CommandCgroup, start: Callable[[], T]) -> T:
         """``start()`` with the calling thread in ``cgroup``, so that what it
@@ -272,7 +291,7 @@ class PidsCgroups:
 
     def _keep(self, cgroup: CommandCgroup) -> bool:
         """Reuse ``cgroup`` if it is empty, drop it if it cannot be; whether it has members."""
-        count = taskCount(cgroup.path)
+        count = cgroup.taskCount()
         if self._closed or count is None:
             self._drop(cgroup)  # closing, or the cgroup was removed under us
         elif count == 0:
@@ -293,7 +312,7 @@ class PidsCgroups:
                 self.retired.append(cgroup)
 
     def _drop(self, cgroup: CommandCgroup) -> None:
-        os.close(cgroup.tasks)
+        cgroup.close()
         with contextlib.suppress(OSError):  # members left: the guardian ends them
             os.rmdir(cgroup.path)
 

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 import netproto
+from netproto.exec import procs as _procs
 from netproto.exec import registry as _registry
 from netproto.exec import spawn as _spawn
 from netproto.exec.cgroups import PidsCgroups
@@ -181,7 +182,7 @@ class Confinement:
 def instance() -> str:
     """A fresh instance name for this process (see :func:`netproto.exec.registry.instanceName`)."""
     pid = os.getpid()
-    return _registry.instanceName(pid, _spawn.startTime(pid) or 0, next(_instances))
+    return _registry.instanceName(pid, _procs.startTime(pid) or 0, next(_instances))
 
 
 class Guardian:
@@ -230,12 +231,13 @@ class Guardian:
             os.close(readEnd)
         self.child, self._pipe = child, writeEnd
         if child.pidfd is not None:
-            self._watcher = ExitWatcher(self.reactor, child.pidfd, self._exited)
+            self._watcher = ExitWatcher(self.reactor, child.pidfd, self.check)
             child.pidfd = None
         return True
 
-    def _exited(self) -> None:
-        """The guardian has exited: reap it; replace it unless it was let go."""
+    def check(self) -> None:
+        """If the guardian has exited, reap it, and replace it unless it was let
+        go. Called when its pidfd says so, else by the factory's periodic look."""
         child = self.child
         if child is None or child.poll() is None:
             return

@@ -14,13 +14,13 @@ It imports no Twisted: it starts fast and holds little.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from netproto.exec import registry as _registry
 from netproto.exec.cgroups import endCgroups
@@ -53,25 +53,41 @@ def _waitForEndOfFile(fd: int) -> None:
                 return
 
 
+#: The guardian's options (all ``--NAME VALUE``; only the server writes them).
+OPTIONS: Final = ("--grace", "--cgroups", "--cgroup-home", "--registry", "--registries")
+
+
+def parseArguments(argv: Sequence[str]) -> dict[str, str]:
+    """``--NAME VALUE`` pairs of :data:`OPTIONS` (no argparse: this process
+    stays small); :class:`SystemExit` for anything else or a missing ``--grace``."""
+    if len(argv) % 2 or not all(name in OPTIONS for name in argv[::2]):
+        raise SystemExit(f"usage: python -m netproto.exec.guardian {' VALUE '.join(OPTIONS)} VALUE")
+    options = dict(zip(argv[::2], argv[1::2], strict=True))
+    if "--grace" not in options:
+        raise SystemExit("--grace is required")
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The guardian: end dead servers' leftovers, wait for the server to go, end its own."""
-    parser = argparse.ArgumentParser(prog="python -m netproto.exec.guardian")
-    parser.add_argument("--grace", type=float, required=True)
-    parser.add_argument("--cgroups", help="this server's instance cgroup directory")
-    parser.add_argument("--cgroup-home", help="where dead servers' cgroup directories are")
-    parser.add_argument("--registry", help="this server's registry file")
-    parser.add_argument("--registries", help="where dead servers' registry files are")
-    args = parser.parse_args(argv)
+    """The guardian: end dead servers' leftovers, wait for the server to go, end its own.
+
+    ``--grace S``: seconds between ``SIGTERM`` and ``SIGKILL``; ``--cgroups``
+    and ``--registry``: this server's instance cgroup directory and registry
+    file; ``--cgroup-home`` and ``--registries``: where dead servers' are.
+    """
+    options = parseArguments(sys.argv[1:] if argv is None else argv)
+    grace = float(options["--grace"])
     # A terminal's signals are for the server; this process outlives it on purpose.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for directory, isCgroup in ((args.cgroup_home, True), (args.registries, False)):
+    for option, isCgroup in (("--cgroup-home", True), ("--registries", False)):
+        directory = options.get(option)
         for path in _registry.stale(directory) if directory else ():
-            found = _endInstance(path if isCgroup else None, None if isCgroup else path, args.grace)
+            found = _endInstance(path if isCgroup else None, None if isCgroup else path, grace)
             if found:
                 _say(f"ended {found} leftovers (processes or groups) of a dead server: {path}")
     _waitForEndOfFile(0)
-    found = _endInstance(args.cgroups, args.registry, args.grace)
+    found = _endInstance(options.get("--cgroups"), options.get("--registry"), grace)
     if found:
         _say(f"the server is gone; ended {found} of its commands (processes or groups)")
     return 0

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
-from netproto.exec import spawn as _spawn
+from netproto.exec import procs as _procs
 
 #: How instance names start.
 PREFIX: Final = "netproto-"
@@ -84,7 +84,7 @@ def stale(directory: str) -> list[str]:
     found = []
     for name in names:
         owner = instanceOwner(name)
-        if owner is not None and _spawn.startTime(owner[0]) != owner[1]:
+        if owner is not None and _procs.startTime(owner[0]) != owner[1]:
             found.append(os.path.join(directory, name))
     return found
 
@@ -115,7 +115,7 @@ class GroupRegistry:
     def add(self, pgid: int) -> int | None:
         """Record the command whose group is ``pgid`` (its first process not yet
         reaped); its record's number, or None when it cannot be recorded."""
-        start = _spawn.startTime(pgid)
+        start = _procs.startTime(pgid)
         if start is None or not self._free:
             return None
         i = self._free.pop()
@@ -157,13 +157,13 @@ def recorded(path: str) -> list[tuple[int, int]]:
 
 def _ours(pgid: int, start: int) -> bool:
     """Whether group ``pgid`` is still the command recorded with ``start`` (see the module)."""
-    now = _spawn.startTime(pgid)
+    now = _procs.startTime(pgid)
     return now is None or now == start
 
 
 def _signal(pgids: Iterable[int], sig: int) -> None:
     for pgid in pgids:
-        _spawn.killGroup(pgid, sig)
+        _procs.killGroup(pgid, sig)
 
 
 def endGroups(records: Iterable[tuple[int, int]], grace: float) -> int:
@@ -171,14 +171,14 @@ def endGroups(records: Iterable[tuple[int, int]], grace: float) -> int:
     then ``SIGKILL`` to those with members after ``grace`` seconds. A blocking
     call, for the guardian. Returns how many groups had members."""
     targets = {pgid for pgid, start in records if _ours(pgid, start)}
-    alive = _spawn.liveGroups(targets)
+    alive = _procs.liveGroups(targets)
     _signal(alive, signal.SIGTERM)
     found = len(alive)
     for sig, wait in ((signal.SIGKILL, grace), (None, KILL_WAIT)):
         deadline = time.monotonic() + wait
         while alive and time.monotonic() < deadline:
             time.sleep(POLL)
-            alive = _spawn.liveGroups(alive)
+            alive = _procs.liveGroups(alive)
         if sig is not None:
             _signal(alive, sig)
     return found

@@ -167,6 +167,8 @@ class ExecFactory(FramedFactory):
         """Reap processes that left a command's group, were orphaned to us and
         exited; take back the cgroups that have emptied."""
         self.confinement.sweep()
+        if self.guardian is not None:
+            self.guardian.check()
         if not self.subreaper:
             return
         keep = set(self.commands) | set(getattr(twistedProcess, "reapProcessHandlers", {}))

@@ -24,8 +24,8 @@ reads the output pipes 8 KiB at a time. Instead:
   Twisted's own reaping (which only waits for the pids it spawned) is left
   alone. :meth:`Spawned.poll` reaps the command's first process
   (``waitpid(WNOHANG)``).
-* :func:`killGroup`, :func:`reapGroup` and :func:`groupAlive` end and reap
-  what is left of a command's process group. :func:`becomeSubreaper` makes
+* :func:`reapGroup` reaps what is left of a command's process group
+  (:mod:`netproto.exec.procs` signals it). :func:`becomeSubreaper` makes
   the server the reaper of its commands' orphans (Linux ``prctl``), so a
   background child whose shell has gone is reparented to us, not to PID 1,
   and :func:`reapGroup` can wait for it: no zombie stays behind even when
@@ -48,6 +48,8 @@ import subprocess
 import sys
 from collections.abc import Container, Mapping, Sequence
 from typing import Any, Final
+
+from netproto.exec.procs import isZombie
 
 #: Size asked for an output pipe once a read finds it full (``F_SETPIPE_SZ``):
 #: a command writing fast then fills 1 MiB before it blocks, and each read
@@ -408,23 +410,6 @@ def pidfdOpen(pid: int) -> int | None:
     return fd
 
 
-def killGroup(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to every process of group ``pgid``; whether any was there."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        # Some member (a setuid program) is not ours to signal; it is there.
-        return True
-    return True
-
-
-def groupAlive(pgid: int) -> bool:
-    """Whether any process (a zombie included) is still in group ``pgid``."""
-    return killGroup(pgid, 0)
-
-
 def reapGroup(pgid: int) -> int:
     """Reap every exited child of ours in group ``pgid``; how many were reaped.
 
@@ -467,7 +452,7 @@ def reapStrays(keep: Container[int]) -> list[int]:
         except (OSError, ValueError):
             continue
         for pid in children:
-            if pid in keep or not _isZombie(pid):
+            if pid in keep or not isZombie(pid):
                 continue
             try:
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -475,52 +460,6 @@ def reapStrays(keep: Container[int]) -> list[int]:
             except ChildProcessError:
                 continue
     return reaped
-
-
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of ``/proc/PID/stat`` from the state on (the third field
-    is the first here), or None when there is no such process (Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # They follow the command name, which is in parentheses and may hold any byte.
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
-def _isZombie(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] == b"Z"
-
-
-def liveGroups(pgids: Container[int]) -> set[int]:
-    """Which of the process groups ``pgids`` have a member that is not a zombie
-    (a scan of ``/proc``, Linux): unlike :func:`groupAlive`, not fooled by
-    zombies that a parent who does not reap leaves in a group."""
-    alive: set[int] = set()
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return alive
-    for name in names:
-        if not name.isdigit():
-            continue
-        fields = _stat(int(name))
-        if fields is not None and fields[0] != b"Z" and int(fields[2]) in pgids:
-            alive.add(int(fields[2]))
-    return alive
-
-
-def startTime(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (Linux), or None
-    when there is none: with its pid, what tells a process from a later one
-    that was given the same pid."""
-    fields = _stat(pid)
-    try:
-        return None if fields is None else int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 @functools.cache

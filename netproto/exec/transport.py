@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netproto.exec import procs as _procs
 from netproto.exec import spawn as _spawn
 from netproto.exec.spawn import Spawned
 
@@ -395,7 +396,7 @@ class CommandTransport:
         if number == signal.SIGKILL:
             self._kill()
         else:
-            _spawn.killGroup(self.pid, number)
+            _procs.killGroup(self.pid, number)
 
     def terminate(self) -> None:
         """End the command's group: ``SIGTERM`` now, ``SIGKILL`` after the grace period."""
@@ -403,7 +404,7 @@ class CommandTransport:
             return
         if not self.terminating:
             self.terminating = True
-            _spawn.killGroup(self.pid, signal.SIGTERM)
+            _procs.killGroup(self.pid, signal.SIGTERM)
             self._killTimer = self.reactor.callLater(self.killGrace, self._kill)
         if self._stdin is not None:
             self._stdin.abort()
@@ -414,7 +415,7 @@ class CommandTransport:
         self._killTimer = None
         if self._killedAt is None:
             self._killedAt = self.reactor.seconds()
-        _spawn.killGroup(self.pid, signal.SIGKILL)
+        _procs.killGroup(self.pid, signal.SIGKILL)
         if self._drainTimer is None and not self.ended:
             self._drainTimer = self.reactor.callLater(self._drainDelay, self._drainAfterKill)
 
@@ -430,7 +431,7 @@ class CommandTransport:
             return
         if self.returncode is not None:
             _spawn.reapGroup(self.pid)
-            if not _spawn.groupAlive(self.pid) or killedFor > GIVE_UP_AFTER_KILL:
+            if not _procs.groupAlive(self.pid) or killedFor > GIVE_UP_AFTER_KILL:
                 for reader in self._readers.values():
                     reader.close()
                 return
@@ -514,11 +515,11 @@ class CommandTransport:
         self._pollTimer = None
         # Most groups are empty once their first process is reaped: one
         # signal-0 says so; only a group with members (zombies count) is reaped.
-        if not _spawn.groupAlive(self.pid):
+        if not _procs.groupAlive(self.pid):
             self._gone()
             return
         _spawn.reapGroup(self.pid)
-        if not _spawn.groupAlive(self.pid):
+        if not _procs.groupAlive(self.pid):
             self._gone()
             return
         if not self.terminating:
