@@ -33,7 +33,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
@@ -42,6 +42,7 @@ from netproto.addresses import describePeer
 from netproto.auth import IUser, TokenCredentials
 from netproto.directsend import sendNow
 from netproto.errors import ErrorCode, ProtocolError
+from netproto.logsummary import RepeatSummary, sourceOf
 
 if TYPE_CHECKING:
     from netproto.services import ServerContext
@@ -450,6 +451,8 @@ class FramedProtocol(Int32StringReceiver):
         self.state = State.UNAUTHENTICATED
         self.avatar: IUser | None = None
         self.peer = "?"
+        #: Who this is in summarised log lines (:func:`netproto.logsummary.sourceOf`).
+        self.source = "?"
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._graceTimer: IDelayedCall | None = None
         self._failTimer: IDelayedCall | None = None
@@ -465,11 +468,19 @@ class FramedProtocol(Int32StringReceiver):
     # -- connection life ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.peer = describePeer(self.transport)
         if ITCPTransport.providedBy(self.transport):
             # Small control frames must not wait for Nagle's algorithm.
             self.transport.setTcpNoDelay(True)
-        self.log.info("{service}: connection from {peer}", service=self.serviceName, peer=self.peer)
+        self.source = sourceOf(self.transport.getPeer())
+        self.factory.logSummary.emit(
+            (self.source, f"{self.serviceName}: connection"),
+            LogLevel.info,
+            "{service}: connection from {peer}",
+            service=self.serviceName,
+            peer=self.peer,
+        )
         ctx = self.factory.context
         self.sendJSON(
             b"H",
@@ -489,11 +500,22 @@ class FramedProtocol(Int32StringReceiver):
             if timer is not None and timer.active():
                 timer.cancel()
         self._graceTimer = self._failTimer = self._watchdog = None
-        self.log.info(
+        if self.avatar is not None:
+            # An authenticated session's end is always logged: it closes an audit trail.
+            self.log.info(
+                "{service}: {peer} disconnected ({user})",
+                service=self.serviceName,
+                peer=self.peer,
+                user=self.avatar.name,
+            )
+            return
+        self.factory.logSummary.emit(
+            (self.source, f"{self.serviceName}: disconnected"),
+            LogLevel.info,
             "{service}: {peer} disconnected ({user})",
             service=self.serviceName,
             peer=self.peer,
-            user=self.avatar.name if self.avatar else "unauthenticated",
+            user="unauthenticated",
         )
 
     def _graceExpired(self) -> None:
@@ -711,7 +733,9 @@ class FramedProtocol(Int32StringReceiver):
             return
         # Stop reading and answer only after a delay that slows guessing.
         self.state = State.AUTHENTICATING
-        self.log.warn(
+        self.factory.logSummary.emit(
+            (self.source, f"{self.serviceName}: authentication failed"),
+            LogLevel.warn,
             "{service}: authentication failed from {peer}: {why}",
             service=self.serviceName,
             peer=self.peer,
@@ -753,7 +777,9 @@ class FramedProtocol(Int32StringReceiver):
         """Tell the peer about ``error``; close the connection if it is fatal."""
         if self.state is State.CLOSED:
             return
-        self.log.info(
+        self.factory.logSummary.emit(
+            (self.source, f"{self.serviceName}: refused ({error.code})"),
+            LogLevel.info,
             "{service}: refused {peer}: {code}: {message}",
             service=self.serviceName,
             peer=self.peer,
@@ -808,3 +834,9 @@ class FramedFactory(ServerFactory):
         options = context.options
         self.frameTimeout = float(options.get("frame-timeout", self.frameTimeout))
         self.idleTimeout = float(options.get("idle-timeout", self.idleTimeout))
+        #: Connection events per source and interval (finding 11 of the hardening
+        #: issue): one host's flood of connections or guesses costs a few lines.
+        self.logSummary = RepeatSummary(self.protocol.log, clock=context.reactor)
+
+    def stopFactory(self) -> None:
+        self.logSummary.flush()

@@ -3,11 +3,11 @@
 A peer can make the server log a line per connection it opens, per frame it
 gets wrong, per guess at the token: one client on loopback reached 12,000
 refusals a second, about 95 MiB of log a minute. :class:`RepeatSummary`
-keeps such a flood to about two lines per peer and interval, without
-hiding anything from an operator: the first event of a kind from a source in
-an interval is logged as it is, with all its fields; the ones after it in
-the same interval are only counted, and when the interval ends one line per
-(source, kind) says how many there were::
+keeps such a flood to a few lines per peer and interval, without
+hiding anything from an operator: the first :data:`DEFAULT_BURST` events of a
+kind from a source in an interval are logged as they are, with all their
+fields; the ones after them in the same interval are only counted, and when
+the interval ends one line per (source, kind) says how many there were::
 
     chat: refused 127.0.0.2:40112: server full (64 clients from 127.0.0.2)
     chat: refused (server full) ... and 11999 more like this from 127.0.0.2 in the last 10 s
@@ -32,6 +32,11 @@ from netproto.addresses import describeAddress
 #: per interval, and an operator reading the log learns of a new source at
 #: once and of the size of its flood at most this late.
 DEFAULT_INTERVAL: Final = 10.0
+
+#: Events of one (source, kind) logged one by one in an interval before the rest
+#: are only counted: a person who reconnects a few times still sees each of their
+#: connections in the log; a flood costs this many lines and one summary.
+DEFAULT_BURST: Final = 5
 
 #: Most (source, kind) pairs tracked in one interval. An attacker with many
 #: addresses (a routed IPv6 /64 has 2**64) could otherwise grow the table
@@ -72,22 +77,26 @@ def sourceOf(address: IAddress | None) -> str:
 class _Tally:
     """What is known of one (source, kind) in the current interval."""
 
-    __slots__ = ("count", "level")
+    __slots__ = ("count", "level", "logged")
 
     def __init__(self, level: LogLevel, count: int = 0) -> None:
         self.level = level
+        #: events logged one by one
+        self.logged = 1
         #: events after the first, not logged one by one
         self.count = count
 
 
 class RepeatSummary:
-    """Log the first event per (source, kind) and interval; count the others.
+    """Log the first ``burst`` events per (source, kind) and interval; count the others.
 
     :param log: where both the events and the summaries are logged (so they
         keep the caller's namespace).
     :param interval: seconds from the first event of an interval to its
         summaries (:data:`DEFAULT_INTERVAL`).
     :param clock: the reactor's clock (``task.Clock`` in tests).
+    :param burst: events per (source, kind) and interval logged one by one
+        (:data:`DEFAULT_BURST`).
     :param maxKeys: :data:`MAX_KEYS`; ``maxKinds``: :data:`MAX_KINDS`.
     """
 
@@ -96,6 +105,8 @@ class RepeatSummary:
         log: Logger,
         interval: float = DEFAULT_INTERVAL,
         clock: IReactorTime | None = None,
+        *,
+        burst: int = DEFAULT_BURST,
         maxKeys: int = MAX_KEYS,
         maxKinds: int = MAX_KINDS,
     ) -> None:
@@ -108,6 +119,7 @@ class RepeatSummary:
         self.clock = clock
         self.maxKeys = maxKeys
         self.maxKinds = maxKinds
+        self.burst = burst
         self._tallies: dict[tuple[str, str], _Tally] = {}
         #: events from sources past maxKeys, per kind
         self._others: dict[str, _Tally] = {}
@@ -129,7 +141,11 @@ class RepeatSummary:
         """
         tally = self._tallies.get(key)
         if tally is not None:
-            tally.count += 1
+            if tally.logged < self.burst:
+                tally.logged += 1
+                self.log.emit(level, format, **fields)
+            else:
+                tally.count += 1
             return
         if len(self._tallies) < self.maxKeys:
             self._tallies[key] = _Tally(level)
@@ -175,4 +191,11 @@ class RepeatSummary:
                 )
 
 
-__all__ = ["DEFAULT_INTERVAL", "MAX_KEYS", "MAX_KINDS", "RepeatSummary", "sourceOf"]
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_INTERVAL",
+    "MAX_KEYS",
+    "MAX_KINDS",
+    "RepeatSummary",
+    "sourceOf",
+]

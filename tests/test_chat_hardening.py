@@ -204,10 +204,10 @@ def test_a_connection_that_closes_in_time_leaves_no_timer() -> None:
     h = Harness(closeGrace=5)
     a, ta = h.connect()
     a.dataReceived(b"/quit\n")
-    assert h.clock.getDelayedCalls()
+    assert h.timers()
     a.connectionLost(Failure(ConnectionDone()))
     h.clock.advance(h.factory.config.noticeDelay)  # the quit notice's wait
-    assert not h.clock.getDelayedCalls()
+    assert not h.timers()
     assert h.factory.clients == 0
 
 
@@ -219,7 +219,7 @@ def test_closing_a_connection_already_lost_schedules_nothing() -> None:
     a.connectionLost(Failure(ConnectionDone()))
     a.close()
     h.clock.advance(h.factory.config.noticeDelay)
-    assert not h.clock.getDelayedCalls()
+    assert not h.timers()
     assert h.factory.clients == 0
 
 

@@ -9,20 +9,21 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 
-from netproto.logsummary import OTHER_KINDS, OTHER_SOURCES, RepeatSummary, sourceOf
+from netproto.logsummary import DEFAULT_BURST, OTHER_KINDS, OTHER_SOURCES, RepeatSummary, sourceOf
 
 REFUSED = "chat: refused (server full)"
 FORMAT = "chat: refused {peer}: server full"
 
 
 class Recorder:
-    """A summariser on a Clock whose log goes to a list."""
+    """A summariser on a Clock whose log goes to a list (one event logged per
+    key and interval unless ``burst`` says otherwise)."""
 
-    def __init__(self, interval: float = 10.0, **caps: int) -> None:
+    def __init__(self, interval: float = 10.0, burst: int = 1, **caps: int) -> None:
         self.events: list[dict[str, Any]] = []
         self.clock = Clock()
         log = Logger(namespace="test", observer=cast(ILogObserver, self.events.append))
-        self.summary = RepeatSummary(log, interval, self.clock, **caps)
+        self.summary = RepeatSummary(log, interval, self.clock, burst=burst, **caps)
 
     def refuse(self, host: str, port: int = 1, kind: str = REFUSED) -> None:
         self.summary.emit((host, kind), LogLevel.warn, FORMAT, peer=f"{host}:{port}")
@@ -42,6 +43,20 @@ def test_firstEventIsLoggedAsItIs() -> None:
     assert event["log_level"] is LogLevel.warn
     assert event["peer"] == "127.0.0.2:40112"
     assert event["log_namespace"] == "test"
+
+
+def test_aBurstIsLoggedOneByOneBeforeCounting() -> None:
+    """With the default burst, a person reconnecting a few times sees each
+    connection logged; the sixth and later in the interval are only counted."""
+    r = Recorder(burst=DEFAULT_BURST)
+    for port in range(DEFAULT_BURST + 3):
+        r.refuse("127.0.0.2", port)
+    assert r.lines == [f"chat: refused 127.0.0.2:{port}: server full" for port in range(5)]
+    r.clock.advance(10)
+    assert r.lines[-1] == (
+        "chat: refused (server full) ... and 3 more like this from 127.0.0.2 in the last 10 s"
+    )
+    assert len(r.lines) == DEFAULT_BURST + 1
 
 
 def test_repeatsAreCountedAndSummarisedOnceAtTheIntervalsEnd() -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
+from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,6 +49,7 @@ from netproto.chat.commands import interpret
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
 from netproto.directsend import directSocket, holdsNothing, unsent
+from netproto.logsummary import sourceOf
 
 if TYPE_CHECKING:
     from netproto.chat.server import ChatFactory
@@ -93,6 +95,7 @@ class ChatProtocol(LineReceiver):
         "lastActive",
         "nick",
         "room",
+        "source",
     )
 
     def __init__(self, chatFactory: ChatFactory, address: str | None) -> None:
@@ -103,6 +106,8 @@ class ChatProtocol(LineReceiver):
         self.room: ChatRoom | None = None
         #: The IP address counted against --chat-max-per-address (None: not counted).
         self.address = address
+        #: Who this is in summarised log lines (:func:`netproto.logsummary.sourceOf`).
+        self.source = "?"
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
         self._backlog = _FLOWING
@@ -132,8 +137,13 @@ class ChatProtocol(LineReceiver):
         if factory.config.idleTimeout:
             self.lastActive = factory.clock.seconds()
         factory.server.connect(self)
-        factory.log.info(
-            "chat: {peer} connected as {nick}", peer=describePeer(self.transport), nick=self.nick
+        self.source = sourceOf(self.transport.getPeer())
+        factory.logSummary.emit(
+            (self.source, "chat: connected"),
+            LogLevel.info,
+            "chat: {peer} connected as {nick}",
+            peer=describePeer(self.transport),
+            nick=self.nick,
         )
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
@@ -144,7 +154,9 @@ class ChatProtocol(LineReceiver):
             why = "quit"  # the chat state removed it already: /quit
         else:
             why = "connection closed" if reason.check(ConnectionDone) else "connection lost"
-        factory.log.info(
+        factory.logSummary.emit(
+            (self.source, "chat: disconnected"),
+            LogLevel.info,
             "chat: {peer} ({nick}) disconnected: {why}",
             peer=describePeer(self.transport),
             nick=self.nick,
@@ -296,7 +308,9 @@ class ChatProtocol(LineReceiver):
     def _cutOff(self) -> None:
         self._backlog = _CUT
         self._reason = "too slow reading"
-        self.factory.log.warn(
+        self.factory.logSummary.emit(
+            (self.source, "chat: cut off (too slow reading)"),
+            LogLevel.warn,
             "chat: {peer} ({nick}) cut off: more than {limit} bytes of output left unread",
             peer=describePeer(self.transport),
             nick=self.nick,

@@ -12,12 +12,13 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from netproto.addresses import describeAddress
 from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import TRANSPORT_BUFFER, ChatProtocol
 from netproto.chat.state import ChatServer, errorLine
+from netproto.logsummary import RepeatSummary, sourceOf
 from netproto.services import ServerContext
 
 SERVER_FULL = errorLine("server full")
@@ -66,6 +67,9 @@ class ChatFactory(ServerFactory):
         if server is None:
             server = ChatServer(config.history, clock, config.noticeDelay)
         self.server = server
+        #: Connection events per source and interval (finding 11 of the hardening
+        #: issue): a client refused 12,000 times a second costs two log lines.
+        self.logSummary = RepeatSummary(self.log, clock=clock)
         self.clients = 0
         self.perAddress: dict[str, int] = {}
         # Flood control (see ChatProtocol.lineReceived): one line per `lineInterval`
@@ -91,8 +95,12 @@ class ChatFactory(ServerFactory):
         return ChatProtocol(self, key)
 
     def _refuse(self, addr: IAddress | None, why: str) -> Protocol:
-        self.log.warn(
-            "chat: refused {peer}: server full ({why})", peer=describeAddress(addr), why=why
+        self.logSummary.emit(
+            (sourceOf(addr), "chat: refused (server full)"),
+            LogLevel.warn,
+            "chat: refused {peer}: server full ({why})",
+            peer=describeAddress(addr),
+            why=why,
         )
         refusal = Refusal()
         refusal.factory = self
@@ -120,6 +128,7 @@ class ChatFactory(ServerFactory):
             self._sweeper.start(timeout * SWEEP_FRACTION, now=False)
 
     def stopFactory(self) -> None:
+        self.logSummary.flush()
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
