@@ -16,9 +16,6 @@ import psutil
 import pytest
 
 from tests.support import NETPROTO, BlockingFramed, Twistd, runTwistd, waitUntil
-from tests.test_status import CHECKOUT, serveTheCheckout
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under test is this checkout's
 
 pytestmark = pytest.mark.e2e
 
@@ -61,11 +58,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("exec-e2e")
-    # Module-scoped: the autouse serveTheCheckout (per test) comes too late for it.
-    checkout = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
-    }
-    with runTwistd(tmp, "--exec-kill-grace", "1", services=("exec",), env=checkout) as twistd:
+    with runTwistd(tmp, "--exec-kill-grace", "1", services=("exec",)) as twistd:
         yield Server(twistd, tmp / "home")
 
 

@@ -8,35 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from netproto.status import PREFIX, parseStatus
-from tests.adversarial.outside import ABUSER, Target, connectFrom, readUntil, serving, sockets
+from netproto.status import PREFIX
+from tests.adversarial.outside import (
+    ABUSER,
+    askStatus,
+    connectFrom,
+    readUntil,
+    serving,
+    sockets,
+)
 from tests.support import TWISTD, BlockingFramed, Twistd, twistdEnv, waitUntil
 
 pytestmark = pytest.mark.e2e
-
-#: The checkout these tests belong to.
-CHECKOUT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def serveTheCheckout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """twistd subprocesses import netproto from this checkout, not from a copy
-    installed into the virtualenv earlier (``pip install .`` is a snapshot)."""
-    paths = [str(CHECKOUT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-
-
-def askStatus(target: Target) -> dict[str, int]:
-    """Send SIGUSR1 to the server and return the fields of the line it logs."""
-    before = len(target.twistd.lines)
-    os.kill(target.twistd.proc.pid, signal.SIGUSR1)
-    target.twistd.waitFor(
-        lambda: any(PREFIX in line for line in target.twistd.lines[before:]), timeout=20
-    )
-    line = next(line for line in target.twistd.lines[before:] if PREFIX in line)
-    fields = parseStatus(line)
-    assert fields is not None
-    return fields
 
 
 def test_statusLineCountsConnectionsPerServiceAndTimers(tmp_path: Path) -> None:

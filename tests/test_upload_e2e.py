@@ -25,10 +25,7 @@ from netproto.upload.client import Job, sendFile
 from netproto.upload.names import PARTIAL_PREFIX
 from netproto.upload.server import makeFactory
 from tests.support import NETPROTO, BlockingFramed, Twistd, makeContext, runTwistd, token, waitUntil
-from tests.test_status import serveTheCheckout
 from tests.test_upload_hardening import smallTmpfs
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd and netproto run are this checkout's
 
 MiB = 1 << 20
 

@@ -12,7 +12,9 @@ per-address caps see them as different peers.
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from netproto.status import PREFIX, parseStatus
 from tests.support import Twistd, runTwistd, waitUntil
 
 #: Where honest clients and probes connect from.
@@ -139,6 +142,19 @@ class Target:
             sock.sendall(b"/who\r\n")
             readUntil(sock, b"***", timeout)
         return time.monotonic() - start
+
+
+def askStatus(target: Target) -> dict[str, int]:
+    """Send SIGUSR1 to the server and return the fields of the line it logs."""
+    before = len(target.twistd.lines)
+    os.kill(target.twistd.proc.pid, signal.SIGUSR1)
+    target.twistd.waitFor(
+        lambda: any(PREFIX in line for line in target.twistd.lines[before:]), timeout=20
+    )
+    line = next(line for line in target.twistd.lines[before:] if PREFIX in line)
+    fields = parseStatus(line)
+    assert fields is not None
+    return fields
 
 
 @contextmanager

@@ -30,9 +30,6 @@ from tests.adversarial.outside import (
     readUntil,
 )
 from tests.support import waitUntil
-from tests.test_status import serveTheCheckout
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
 Netproto = Callable[..., AbstractContextManager[Target]]
 

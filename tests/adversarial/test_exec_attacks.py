@@ -21,9 +21,6 @@ from netproto.auth import writeUser
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
 from tests.adversarial.test_server_attacks import alive, framedClient, runCommand
 from tests.support import BlockingFramed, waitUntil
-from tests.test_status import serveTheCheckout
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
 pytestmark = pytest.mark.e2e
 

@@ -27,9 +27,6 @@ import pytest
 from netproto.framing import FrameDecoder
 from tests.adversarial.outside import ABUSER, HONEST, Target, abuserHost, connectFrom
 from tests.support import BlockingFramed, waitUntil
-from tests.test_status import serveTheCheckout
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
 Netproto = Callable[..., AbstractContextManager[Target]]
 

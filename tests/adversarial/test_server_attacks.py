@@ -32,6 +32,7 @@ from tests.adversarial.outside import (
     HONEST,
     Target,
     abuserHost,
+    askStatus,
     closedWithin,
     connectFrom,
     raiseOwnFileLimit,
@@ -39,9 +40,6 @@ from tests.adversarial.outside import (
     serving,
 )
 from tests.support import TWISTD, BlockingFramed, runTwistd, waitUntil
-from tests.test_status import askStatus, serveTheCheckout
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
 pytestmark = pytest.mark.e2e
 

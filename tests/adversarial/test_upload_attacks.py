@@ -27,10 +27,7 @@ from netproto.auth import writeUser
 from netproto.upload.names import PARTIAL_PREFIX, partialName
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
 from tests.support import BlockingFramed, waitUntil
-from tests.test_status import serveTheCheckout
 from tests.test_upload_hardening import plantFifo, plantHardLink, plantSymlink, smallTmpfs
-
-__all__ = ["serveTheCheckout"]  # autouse: the twistd under attack is this checkout's
 
 Netproto = Callable[..., AbstractContextManager[Target]]
 
