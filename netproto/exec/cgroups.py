@@ -247,26 +247,31 @@ class PidsCgroups:
         return cgroups
 
     def acquire(self) -> CommandCgroup:
-        """An empty command cgroup (a kept one, else a new one)."""
+        """An empty command cgroup (a kept one, else a new one).
+
+        :raises OSError: ``EAGAIN`` when none can be made (the client hears
+            ``busy``: it is not the program's fault).
+        """
         if self._free:
             return self._free.pop()
         self._made += 1
         path = os.path.join(self.instance, str(self._made))
-        os.mkdir(path, 0o755)
+        opened: list[int] = []
         try:
+            os.mkdir(path, 0o755)
             if not _write(os.path.join(path, "pids.max"), str(self.maxTasks)):
-                raise OSError(f"cannot set pids.max in {path}")
-            tasks = os.open(os.path.join(path, "tasks"), os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            os.rmdir(path)
-            raise
-        try:
-            current = os.open(os.path.join(path, "pids.current"), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            os.close(tasks)
-            os.rmdir(path)
-            raise
-        return CommandCgroup(path, tasks, current)
+                raise OSError(errno.EIO, "cannot set pids.max")
+            for name, mode in (("tasks", os.O_WRONLY), ("pids.current", os.O_RDONLY)):
+                opened.append(os.open(os.path.join(path, name), mode | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in opened:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            raise OSError(
+                errno.EAGAIN, f"cannot make a cgroup in {self.instance}: {e.strerror}"
+            ) from None
+        return CommandCgroup(path, *opened)
 
     def startInside(self, cgroup: CommandCgroup, start: Callable[[], T]) -> T:
         """``start()`` with the calling thread in ``cgroup``, so that what it

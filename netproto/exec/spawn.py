@@ -31,9 +31,9 @@ reads the output pipes 8 KiB at a time. Instead:
   and :func:`reapGroup` can wait for it: no zombie stays behind even when
   PID 1 does not reap (as in many containers).
 
-What this cannot do: a process that leaves the group (``setsid``, ``setpgid``,
-as daemons and job-control shells do) is not signalled by :func:`killGroup`;
-see ``docs/exec.md``.
+A process that leaves the group (``setsid``, ``setpgid``, as daemons and
+job-control shells do) is not signalled with it; only a cgroup
+(:mod:`netproto.exec.cgroups`) follows it. See ``docs/exec.md``.
 """
 
 from __future__ import annotations
