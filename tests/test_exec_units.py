@@ -22,7 +22,7 @@ from netproto.errors import ProtocolError
 from netproto.exec.client import buildRequest, configure, exitStatus
 from netproto.exec.policy import DEFAULT_PATH, ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol, exitPayload
-from netproto.exec.protocol import ExecProtocol
+from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.server import ExecFactory
 from netproto.exec.spawn import PosixSpawner, signalName, signalNumber
 from netproto.framing import FrameDecoder, encodeFrame
@@ -470,9 +470,9 @@ class Conn:
     proto: ExecProtocol
     transport: StringTransport
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, options: Mapping[str, Any] | None = None) -> None:
         self.clock = MemoryReactorClock()
-        context = makeContext(tmp_path, reactor=self.clock)
+        context = makeContext(tmp_path, reactor=self.clock, options=options)
         self.factory = ScriptedFactory(context, policyFor(tmp_path))
         proto = self.factory.buildProtocol(None)
         assert isinstance(proto, ExecProtocol)
@@ -568,6 +568,37 @@ def test_disconnect_ends_the_running_command(tmp_path: Path) -> None:
     _, process, _ = c.factory.started[0]
     c.proto.connectionLost(Failure(ConnectionError("gone")))
     assert ("terminate", None) in process.calls
+
+
+def test_a_quiet_command_keeps_its_connection_from_the_idle_timeout(tmp_path: Path) -> None:
+    """A command that runs without output for longer than the idle timeout
+    keeps its connection (the connection is busy); once its X is sent, the
+    client has at least a whole idle period (the base notices the end at its
+    next look, within one more period) before it is closed."""
+    c = Conn(tmp_path, {"idle-timeout": 10})
+    c.send(b"R", {"argv": ["sleep", "60"]})
+    c.clock.pump([1] * 30)
+    assert not c.closed
+    command, _, _ = c.factory.started[0]
+    command.processEnded(Failure(ProcessDone(0)))
+    c.clock.pump([1] * 9)
+    assert not c.closed
+    c.clock.pump([1] * 12)
+    assert c.closed
+    assert c.frames()[-1][1]["code"] == "timeout"
+
+
+def test_a_full_stdin_pipe_says_reading_is_paused(tmp_path: Path) -> None:
+    """While the command's stdin pipe is full the client is not read, and the
+    framed base is told so (its frame deadline must not run out meanwhile)."""
+    c = Conn(tmp_path)
+    reading = ClientReading(c.proto, c.clock)
+    c.proto.reading = reading
+    assert not c.proto.readingPaused()
+    reading.pauseProducing()
+    assert c.proto.readingPaused()
+    reading.resumeProducing()
+    assert not c.proto.readingPaused()
 
 
 # -- the client's pieces ---------------------------------------------------------------
