@@ -213,7 +213,10 @@ class Twistd:
             return self.proc.wait(timeout)
         finally:
             self._reader.join(5)
-            if self.proc.stdout is not None:
+            # A process twistd started may outlive it holding the log pipe (exec's
+            # guardian, while it ends what the server left). Closing the pipe under a
+            # reader blocked on it can deadlock: then leave both to end by themselves.
+            if self.proc.stdout is not None and not self._reader.is_alive():
                 self.proc.stdout.close()
 
     @property

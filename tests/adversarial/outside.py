@@ -88,6 +88,14 @@ def closedWithin(sock: socket.socket, timeout: float) -> bool:
             return False
 
 
+def isGuardian(proc: psutil.Process) -> bool:
+    """Whether ``proc`` is exec's guardian (:mod:`netproto.exec.guardian`)."""
+    try:
+        return "netproto.exec.guardian" in proc.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+
+
 @dataclass
 class Target:
     """A running server and what can be measured of it from outside."""
@@ -119,11 +127,13 @@ class Target:
         return self.process.num_fds()
 
     def descendants(self) -> list[psutil.Process]:
-        """Every live process below the server (commands and their children)."""
+        """Every live process below the server (commands and their children), but
+        exec's guardian (:mod:`netproto.exec.guardian`), which lives as long as the
+        server."""
         alive = []
         for child in self.process.children(recursive=True):
             try:
-                if child.status() != psutil.STATUS_ZOMBIE:
+                if child.status() != psutil.STATUS_ZOMBIE and not isGuardian(child):
                     alive.append(child)
             except psutil.NoSuchProcess:
                 pass

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from netproto.auth import writeUser
-from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
+from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom, isGuardian
 from tests.adversarial.test_server_attacks import alive, framedClient, runCommand
 from tests.support import BlockingFramed, waitUntil
 
@@ -33,23 +33,11 @@ TREE = "sleep 300 & sleep 300 & {escape}wait"
 ESCAPE = "setsid sleep 300 >/dev/null 2>&1 & "
 
 
-def isGuardian(proc: psutil.Process) -> bool:
-    try:
-        return "netproto.exec.guardian" in proc.cmdline()
-    except psutil.NoSuchProcess:
-        return False
-
-
 def guardianOf(target: Target) -> psutil.Process:
     """The server's guardian process (a child of the server)."""
     found = [p for p in target.process.children() if isGuardian(p)]
     assert len(found) == 1, f"expected one guardian, found {found}"
     return found[0]
-
-
-def commandProcesses(target: Target) -> list[psutil.Process]:
-    """Every live process below the server but its guardian: the commands and theirs."""
-    return [p for p in target.descendants() if not isGuardian(p)]
 
 
 def inSession(sid: int) -> list[psutil.Process]:
@@ -88,8 +76,8 @@ def startTrees(
         client.recvJSON(b"K")
         clients.append(client)
     perCommand = 4 if escape else 3
-    waitUntil(lambda: len(commandProcesses(target)) >= count * perCommand, timeout=30)
-    return clients, commandProcesses(target)
+    waitUntil(lambda: len(target.descendants()) >= count * perCommand, timeout=30)
+    return clients, target.descendants()
 
 
 def killServer(target: Target) -> None:
@@ -288,7 +276,7 @@ def test_an_abusers_many_commands_stop_at_the_per_user_cap_and_others_run(
                 answers.append((frame[0], json.loads(frame[1])))
             assert sorted(kind for kind, _ in answers) == [b"E"] * PER_USER + [b"K"] * PER_USER
             assert {body["code"] for kind, body in answers if kind == b"E"} == {"busy"}
-            running = commandProcesses(target)
+            running = target.descendants()
             leftovers.extend(running)
             assert len(running) == PER_USER
             honest = passwordClient(target, HONEST, "alice")
