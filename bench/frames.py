@@ -16,7 +16,7 @@ import time
 
 from twisted.protocols.basic import Int32StringReceiver
 
-from netproto.framing import FrameDecoder, encodeFrame
+from netproto.codec import FrameDecoder, encodeFrame
 
 SIZES = [1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 

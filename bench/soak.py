@@ -43,7 +43,7 @@ from typing import Any
 import psutil
 
 from bench.server import Server, netproto
-from netproto.framing import encodeFrame
+from netproto.codec import encodeFrame
 
 MiB = 1 << 20
 #: Where honest clients connect from; abusers use 127.0.1.1 and up.

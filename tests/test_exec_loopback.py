@@ -23,7 +23,7 @@ from twisted.internet.interfaces import ITCPTransport
 
 from netproto.client.framed import FramedClient, ServerError, connectFramed
 from netproto.exec.server import ExecFactory, makeFactory
-from netproto.framing import decodeJSON
+from netproto.codec import decodeJSON
 from tests.support import eventually, makeContext, token, waitDeferred
 
 MiB = 1 << 20

@@ -25,7 +25,7 @@ from netproto.exec.process import CommandProtocol, exitPayload
 from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.server import ExecFactory
 from netproto.exec.spawn import PosixSpawner, signalName, signalNumber
-from netproto.framing import FrameDecoder, encodeFrame
+from netproto.codec import FrameDecoder, encodeFrame
 from tests.support import makeContext, token
 
 # -- policy ------------------------------------------------------------------------

@@ -15,19 +15,16 @@ from twisted.internet.base import DelayedCall
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from netproto.errors import ERROR_CODES, ProtocolError
-from netproto.framing import (
-    CLOSE_GRACE,
+from netproto.codec import (
     DEFAULT_MAX_FRAME,
     PRE_AUTH_MAX_FRAME,
     EmptyFrame,
     FrameDecoder,
-    FramedFactory,
-    FramedProtocol,
     FrameTooLarge,
-    State,
     decodeJSON,
     encodeFrame,
 )
+from netproto.framing import CLOSE_GRACE, FramedFactory, FramedProtocol, State
 from tests.support import makeContext, token
 
 # -- the sans-IO decoder ---------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netproto.framing import EmptyFrame, FrameDecoder, FrameTooLarge, encodeFrame
+from netproto.codec import EmptyFrame, FrameDecoder, FrameTooLarge, encodeFrame
 
 MAX_FRAME = 64
 STREAMED = frozenset({b"D"})

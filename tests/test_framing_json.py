@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netproto.errors import ProtocolError
-from netproto.framing import MAX_JSON_DEPTH, MAX_JSON_NUMBER, decodeJSON, nestedDeeperThan
+from netproto.codec import MAX_JSON_DEPTH, MAX_JSON_NUMBER, decodeJSON, nestedDeeperThan
 
 
 def refused(payload: bytes) -> str:

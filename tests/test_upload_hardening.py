@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from netproto.framing import encodeFrame
+from netproto.codec import encodeFrame
 from netproto.testing import defaultOptions
 from netproto.upload import plugin as uploadPlugin
 from netproto.upload import store

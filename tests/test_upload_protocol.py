@@ -16,7 +16,7 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from netproto.framing import FrameDecoder, encodeFrame
+from netproto.codec import FrameDecoder, encodeFrame
 from netproto.upload.names import partialName
 from netproto.upload.protocol import Phase, UploadProtocol
 from netproto.upload.server import UploadFactory, makeFactory, makeQuotas

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netproto.framing import EmptyFrame, FrameDecoder, FrameTooLarge, encodeFrame
+from netproto.codec import EmptyFrame, FrameDecoder, FrameTooLarge, encodeFrame
 from netproto.upload.protocol import UploadProtocol
 from tests.test_upload_protocol import Connection, Harness
 

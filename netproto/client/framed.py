@@ -17,16 +17,18 @@ from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint, IT
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from netproto.errors import ERROR_CODES
-from netproto.framing import (
+from netproto.codec import (
     DEFAULT_MAX_FRAME,
-    HEADER,
     EmptyFrame,
     FrameDecoder,
     FrameTooLarge,
+    Hello,
     decodeJSON,
+    encodeFrame,
     encodeJSON,
+    frameHeader,
 )
+from netproto.errors import ERROR_CODES, ProtocolError
 
 
 class ClientError(Exception):
@@ -66,7 +68,8 @@ class FramedClient(Protocol):
         self._closed: Failure | None = None
         self._paused = False
         self.maxFrame = DEFAULT_MAX_FRAME
-        self.hello: dict[str, Any] = {}
+        #: the server's hello, once :func:`connectFramed` has read it
+        self.hello: Hello | None = None
         self.connected = False
 
     def connectionMade(self) -> None:
@@ -134,9 +137,9 @@ class FramedClient(Protocol):
     def send(self, kind: bytes, payload: bytes = b"") -> None:
         assert self.transport is not None
         if len(payload) < 4096:
-            self.transport.write(HEADER.pack(len(payload) + 1) + kind + payload)
+            self.transport.write(encodeFrame(kind, payload))
         else:
-            self.transport.writeSequence([HEADER.pack(len(payload) + 1) + kind, payload])
+            self.transport.writeSequence([frameHeader(kind, len(payload)), payload])
 
     def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
         self.send(kind, encodeJSON(obj))
@@ -174,14 +177,17 @@ async def connectFramed(
         raise ClientError(f"cannot connect: {e}") from None
     assert isinstance(client, FramedClient)
     try:
-        hello = await client.receiveJSON(b"H")
-        if hello.get("service") != service:
+        try:
+            hello = Hello.fromFields(await client.receiveJSON(b"H"))
+        except ProtocolError as e:
+            raise ClientError(f"protocol error: {e.message}") from None
+        if hello.service != service:
             raise ClientError(
-                f"that port serves {hello.get('service')!r}, not {service!r}: wrong --server port?"
+                f"that port serves {hello.service!r}, not {service!r}: wrong --server port?"
             )
         client.hello = hello
-        client.maxFrame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
-        offered = hello.get("auth", [])
+        client.maxFrame = hello.maxFrame
+        offered = hello.auth
         method = "token" if "token" in auth else "password"
         if method not in offered:
             raise ClientError(

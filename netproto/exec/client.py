@@ -38,7 +38,7 @@ from netproto.client.connection import (
     credentials,
 )
 from netproto.client.framed import ClientError, FramedClient, ServerError, connectFramed
-from netproto.framing import decodeJSON
+from netproto.codec import decodeJSON
 
 DEFAULT_PORT: Final = 8001
 #: Exit status for the client's own failures, as ssh uses.

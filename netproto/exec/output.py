@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from zope.interface import implementer
 
 from netproto.directsend import directSocket
-from netproto.framing import HEADER
+from netproto.codec import HEADER
 
 #: Payloads shorter than this are joined to their header and sent with one
 #: ``send``; longer ones go with ``sendmsg`` (no copy of the payload).

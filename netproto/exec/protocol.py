@@ -26,7 +26,8 @@ from zope.interface import implementer
 from netproto.errors import ProtocolError
 from netproto.exec.audit import StartLog
 from netproto.exec.output import FrameWriter
-from netproto.framing import FramedProtocol, FrameHandler, State, decodeJSON
+from netproto.codec import decodeJSON
+from netproto.framing import FramedProtocol, FrameHandler, State
 
 if TYPE_CHECKING:
     from netproto.exec.process import CommandProtocol

@@ -40,7 +40,8 @@ from netproto.exec.policy import ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol
 from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.transport import CommandTransport
-from netproto.framing import DEFAULT_MAX_FRAME, FramedFactory
+from netproto.codec import DEFAULT_MAX_FRAME
+from netproto.framing import FramedFactory
 from netproto.services import ServerContext, ServiceError
 
 #: The most one read of a command's output pipe takes: one frame's payload

@@ -336,7 +336,7 @@ def _stopping(result: object, producer: FileProducer) -> object:
 
 
 def _decodeStored(kind: bytes, payload: bytes) -> dict[str, Any]:
-    from netproto.framing import decodeJSON
+    from netproto.codec import decodeJSON
 
     if kind != b"K":
         raise ClientError(f"protocol error: expected a 'K' frame, got {kind!r}")

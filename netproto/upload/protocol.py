@@ -42,7 +42,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from netproto.errors import ProtocolError
-from netproto.framing import FramedProtocol, decodeJSON
+from netproto.codec import decodeJSON
+from netproto.framing import FramedProtocol
 from netproto.upload.names import splitName
 from netproto.upload.quota import Quotas, Reservation
 from netproto.upload.store import Buffer, PartialFile, UploadStore

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from netproto.framing import FrameDecoder
+from netproto.codec import FrameDecoder
 from tests.adversarial.outside import ABUSER, HONEST, Target, abuserHost, connectFrom
 from tests.support import BlockingFramed, waitUntil
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from bench.soak import jsonFrame, readFrame
-from netproto.framing import encodeFrame
+from netproto.codec import encodeFrame
 from netproto.upload.names import RESERVED_PREFIX
 from tests.adversarial.outside import (
     ABUSER,
