@@ -1,21 +1,13 @@
-"""Length-prefixed frames (PROTOCOL.md section 2) and the framed base protocol.
+"""The server base of the framed services (PROTOCOL.md section 2), on Twisted.
 
-Two layers live here, the way h11 splits parsing from I/O:
-
-* :class:`FrameDecoder` is sans-IO: feed it bytes, pull ``(type, payload)``
-  frames out. It keeps one linear receive buffer (a ``bytearray`` and a read
-  offset), so a 256 KiB frame that arrives in 64 KiB reads is copied into the
-  buffer once and sliced out once, instead of Twisted's
-  ``IntNStringReceiver`` re-concatenating everything it holds on every read
-  (quadratic in the number of reads per frame). The length limit is checked as
-  soon as the four length bytes are in, before anything else is buffered.
-* :class:`FramedProtocol` is the Twisted side shared by exec and upload: the
-  ``H`` hello, the authentication state machine (one table,
-  :data:`TRANSITIONS`), the unauthenticated grace timer, ``E`` errors, and
-  dispatch of authenticated frames to a service's handler table. It is an
-  :class:`~twisted.protocols.basic.Int32StringReceiver`, so
-  ``sendString``/``stringReceived`` keep their meaning, with a faster
-  ``dataReceived``.
+The wire format itself (frames, JSON payloads, the hello) is sans-IO in
+:mod:`netproto.codec`; this module is the Twisted side shared by exec and
+upload: :class:`FramedProtocol` moves bytes between the transport and a
+:class:`~netproto.codec.FrameDecoder`, runs the authentication state machine
+(one table, :data:`TRANSITIONS`), the deadlines (grace, frame, idle, close),
+turns a peer's mistakes into ``E`` frames in one place, and dispatches
+authenticated frames to a service's handler table. :class:`FramedFactory`
+holds what the connections share.
 """
 
 from __future__ import annotations
@@ -28,9 +20,8 @@ from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger, LogLevel
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from netproto.addresses import describePeer
@@ -46,7 +37,7 @@ from netproto.codec import (
     decodeJSON,
     encodeJSON,
 )
-from netproto.directsend import sendNow
+from netproto.directsend import Writer, directSocket
 from netproto.errors import ErrorCode, ProtocolError
 from netproto.logsummary import RepeatSummary, sourceOf
 
@@ -97,33 +88,70 @@ def growReadSize(transport: object, lastRead: int) -> None:
 
 
 class State(enum.Enum):
-    """Where a framed connection is in its life."""
+    """Where a framed connection is in its life.
+
+    Frames are read only in UNAUTHENTICATED and READY; in the other states
+    what arrives stays in the decoder's buffer (and counts against its limit).
+    """
 
     UNAUTHENTICATED = "unauthenticated"
+    #: the credentials of an ``A`` are being checked
     AUTHENTICATING = "authenticating"
     READY = "ready"
+    #: a login failed: the ``E auth-failed`` and the close wait for a delay
+    #: that slows guessing (the factory's ``authFailureDelay``)
+    FAILED = "failed"
     CLOSED = "closed"
 
 
-#: Every transition of the connection state machine in one place. A frame
-#: type not listed for the current state is answered as the value says:
-#: ``auth-required`` before authentication, ``bad-frame`` after it. The
-#: service's own frames are valid in READY and are listed by each protocol's
-#: :attr:`FramedProtocol.frameHandlers`.
-TRANSITIONS: Final[Mapping[State, Mapping[bytes, State]]] = {
-    State.UNAUTHENTICATED: {b"A": State.AUTHENTICATING},
-    # While the credentials are checked nothing is read: frames stay buffered.
-    State.AUTHENTICATING: {},
-    # A second A is not valid: one connection, one identity.
-    State.READY: {},
-    State.CLOSED: {},
+class Event(enum.Enum):
+    """What moves a connection from state to state, besides the peer's frames."""
+
+    #: the credentials were accepted: ``K {"user"}``
+    ACCEPTED = "credentials accepted"
+    #: the credentials were refused, or the method is not offered
+    REJECTED = "credentials rejected"
+    #: a fatal ``E`` was sent (a bad or oversized frame, a deadline, the end
+    #: of the failed-login delay), or the connection was lost
+    CLOSE = "close"
+
+
+#: A frame type (the peer sent that frame) or an :class:`Event`.
+Trigger = bytes | Event
+
+#: Every transition of the connection state machine, and the only place that
+#: sets :attr:`FramedProtocol.state` (through ``FramedProtocol._advance``).
+#: A frame the table does not list for UNAUTHENTICATED is ``E auth-required``;
+#: in READY the service's frames are dispatched by
+#: :attr:`FramedProtocol.frameHandlers` without changing state, and any
+#: other is ``E bad-frame`` (a second ``A`` too: one connection, one identity).
+TRANSITIONS: Final[Mapping[State, Mapping[Trigger, State]]] = {
+    State.UNAUTHENTICATED: {b"A": State.AUTHENTICATING, Event.CLOSE: State.CLOSED},
+    State.AUTHENTICATING: {
+        Event.ACCEPTED: State.READY,
+        Event.REJECTED: State.FAILED,
+        Event.CLOSE: State.CLOSED,
+    },
+    State.READY: {Event.CLOSE: State.CLOSED},
+    State.FAILED: {Event.CLOSE: State.CLOSED},
+    State.CLOSED: {Event.CLOSE: State.CLOSED},
 }
 
 FrameHandler = Callable[[Any, bytes], object]
 
 
-class FramedProtocol(Int32StringReceiver):
+class FramedProtocol(Protocol):
     """The server side of a framed service.
+
+    The wire format is ``Int32StringReceiver``'s (a 4-byte big-endian length,
+    then that many bytes, here a type byte and its payload), but this is a
+    plain :class:`~twisted.internet.protocol.Protocol` and not an
+    ``IntNStringReceiver``: its buffer re-joins everything held on every read
+    (quadratic in the reads a frame spans), it checks the length limit only
+    through ``lengthLimitExceeded`` after buffering, and it cannot pass bulk
+    data through without copies. The bytes go to a sans-IO
+    :class:`~netproto.codec.FrameDecoder` instead, and this class does the
+    rest: states, deadlines, errors, dispatch.
 
     Subclasses set :attr:`serviceName` and :attr:`frameHandlers` (frame type
     to handler, valid once authenticated) and may override :meth:`authenticated`,
@@ -176,6 +204,7 @@ class FramedProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.sender = Writer(self.transport, directSocket(self.transport))
         self.peer = describePeer(self.transport)
         if ITCPTransport.providedBy(self.transport):
             # Small control frames must not wait for Nagle's algorithm.
@@ -194,7 +223,7 @@ class FramedProtocol(Int32StringReceiver):
         self._graceTimer = ctx.reactor.callLater(self.factory.graceTimeout, self._graceExpired)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.state = State.CLOSED
+        self._advance(Event.CLOSE)
         for timer in (self._graceTimer, self._failTimer, self._watchdog):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -217,9 +246,22 @@ class FramedProtocol(Int32StringReceiver):
             user="unauthenticated",
         )
 
+    def _advance(self, trigger: Trigger) -> None:
+        """Move to the state :data:`TRANSITIONS` gives for ``trigger``; one it
+        does not list for the current state is a bug of ours."""
+        try:
+            self.state = TRANSITIONS[self.state][trigger]
+        except KeyError:
+            raise RuntimeError(f"no transition from {self.state} on {trigger!r}") from None
+
+    def _readsFrames(self) -> bool:
+        """Whether frames are taken out of the buffer in the current state: in
+        UNAUTHENTICATED and READY; in the others what arrives stays buffered."""
+        return self.state is State.READY or self.state is State.UNAUTHENTICATED
+
     def _graceExpired(self) -> None:
-        self._graceTimer = None
-        if self.state in (State.UNAUTHENTICATED, State.AUTHENTICATING):
+        self._graceTimer = None  # cancelled on READY and on the close
+        if self.state is not State.READY:
             self.fail(ProtocolError("timeout", "no authentication within the grace period"))
 
     # -- the frame and idle deadlines -------------------------------------------
@@ -271,7 +313,7 @@ class FramedProtocol(Int32StringReceiver):
         factory = self.factory
         now = factory.context.reactor.seconds()
         if self._frameStart is not None and self._decoder.inFrame and factory.frameTimeout:
-            if self.state is State.AUTHENTICATING or self.readingPaused():
+            if not self._readsFrames() or self.readingPaused():
                 # Not reading (credentials being checked, the service's
                 # consumer full): the peer could not send; its clock restarts.
                 self._frameStart = now
@@ -315,11 +357,10 @@ class FramedProtocol(Int32StringReceiver):
 
     def _dispatchFrames(self) -> None:
         decoder = self._decoder
-        while self.state is not State.CLOSED and self.state is not State.AUTHENTICATING:
+        # As _readsFrames, inline: this loop runs for every frame.
+        while (state := self.state) is State.READY or state is State.UNAUTHENTICATED:
             try:
-                frame = decoder.take(
-                    self.streamedFrames if self.state is State.READY else _NO_TYPES
-                )
+                frame = decoder.take(self.streamedFrames if state is State.READY else _NO_TYPES)
             except FrameTooLarge as e:
                 self.fail(
                     ProtocolError(
@@ -336,13 +377,6 @@ class FramedProtocol(Int32StringReceiver):
             # A memoryview only for the streamedFrames, whose handlers take one.
             self.frameReceived(frame[0], cast(bytes, frame[1]))
 
-    def stringReceived(self, string: bytes) -> None:
-        """A whole frame, type byte first (``Int32StringReceiver``'s interface)."""
-        if not string:
-            self.fail(ProtocolError("bad-frame", "frame length 0: a frame needs a type byte"))
-            return
-        self.frameReceived(string[:1], string[1:])
-
     def frameReceived(self, kind: bytes, payload: bytes) -> None:
         """Route one frame by the state table; the single error boundary."""
         try:
@@ -354,10 +388,9 @@ class FramedProtocol(Int32StringReceiver):
                 if isinstance(result, Deferred):
                     result.addErrback(self._handlerFailed)
                 return
-            nextState = TRANSITIONS[self.state].get(kind)
-            if nextState is None:
+            if kind not in TRANSITIONS[self.state]:
                 raise ProtocolError("auth-required", "authenticate with an A frame first")
-            self.state = nextState
+            self._advance(kind)
             self._authenticate(payload)
         except ProtocolError as e:
             self.fail(e)
@@ -408,7 +441,7 @@ class FramedProtocol(Int32StringReceiver):
         if self.state is State.CLOSED:
             return
         self.avatar = avatar
-        self.state = State.READY
+        self._advance(Event.ACCEPTED)
         if self._graceTimer is not None and self._graceTimer.active():
             self._graceTimer.cancel()
         self._graceTimer = None
@@ -431,7 +464,7 @@ class FramedProtocol(Int32StringReceiver):
         if self.state is State.CLOSED:
             return
         # Stop reading and answer only after a delay that slows guessing.
-        self.state = State.AUTHENTICATING
+        self._advance(Event.REJECTED)
         self.factory.logSummary.emit(
             (self.source, f"{self.serviceName}: authentication failed"),
             LogLevel.warn,
@@ -451,23 +484,18 @@ class FramedProtocol(Int32StringReceiver):
 
     # -- sending ---------------------------------------------------------------
 
+    #: Where every frame of this connection goes, from ``connectionMade`` on: sent at
+    #: once when nothing is queued, in order, a large payload not copied; a service's
+    #: output producer (exec's command) is registered with it (:mod:`netproto.directsend`).
+    sender: Writer | None = None
+
     def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
-        """Write one frame; small ones are sent at once (:mod:`netproto.directsend`),
-        large payloads are not copied into a new string."""
-        if self.transport is None:
-            return
-        if len(payload) < 4096:
-            # Replies a peer waits for leave now, not on the next reactor turn.
-            sendNow(self.transport, HEADER.pack(len(payload) + 1) + kind + payload)
-        else:
-            self.transport.writeSequence([HEADER.pack(len(payload) + 1) + kind, payload])
+        """Write one frame through :attr:`sender`."""
+        if self.sender is not None:
+            self.sender.writeSequence((HEADER.pack(len(payload) + 1) + kind, payload))
 
     def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
         self.sendFrame(kind, encodeJSON(obj))
-
-    def sendString(self, string: bytes) -> None:
-        """``Int32StringReceiver``'s send: ``string`` is a type byte and payload."""
-        self.sendFrame(string[:1], string[1:])
 
     def sendError(self, code: ErrorCode, message: str) -> None:
         self.sendJSON(b"E", {"code": code, "message": message})
@@ -487,7 +515,7 @@ class FramedProtocol(Int32StringReceiver):
         )
         self.sendError(error.code, error.message)
         if error.fatal:
-            self.state = State.CLOSED
+            self._advance(Event.CLOSE)
             if self.transport is not None:
                 # Armed first: a transport that reports the loss at once
                 # (connectionLost inside loseConnection) cancels it.
@@ -503,9 +531,6 @@ class FramedProtocol(Int32StringReceiver):
         self._watchdog = None
         if self.transport is not None:
             getattr(self.transport, "abortConnection", self.transport.loseConnection)()
-
-    def lengthLimitExceeded(self, length: int) -> None:
-        self.fail(ProtocolError("frame-too-large", f"frame length {length} is over the limit"))
 
 
 class FramedFactory(ServerFactory):
