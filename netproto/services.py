@@ -5,12 +5,16 @@ module of a ``netproto/plugins/`` folder anywhere on ``sys.path`` (see
 ``docs/extending.md``). chat, exec and upload are registered exactly like a
 third-party service. ``twistd netproto`` serves every service whose
 ``enabledByDefault`` is true on its ``--NAME`` endpoint, and any other with
-``--service NAME=ENDPOINT``.
+``--service NAME=ENDPOINT``. A service may also bring a ``netproto NAME``
+client subcommand (:class:`ClientCommand`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import atexit
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +22,7 @@ from typing import Any, Literal
 from twisted.application.service import IService, Service
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
@@ -41,18 +45,28 @@ class ServerContext:
     :ivar reactor: the reactor (inject a fake one in tests).
     :ivar portal: the ``twisted.cred`` portal of the framed services.
     :ivar authMethods: the methods the hello offers (``token``, ``password``).
-    :ivar dataDir: server state, e.g. the token.
-    :ivar uploadDir: where uploads land.
+    :ivar dataDir: server state, e.g. the token; a service keeps its own
+        state in a directory of its own option, defaulting to one under here.
     :ivar options: every parsed ``twistd netproto`` option, by long name
-        (``chat-history``, ``exec-timeout``, ...), so a service reads its own.
+        (``chat-history``, ``exec-timeout``, ...), so a service reads its own
+        (:meth:`optionsOf` fills in the declared defaults).
     """
 
     reactor: Any
     portal: Portal
     authMethods: tuple[str, ...]
     dataDir: Path
-    uploadDir: Path
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def optionsOf(self, service: INetprotoService) -> dict[str, Any]:
+        """``service``'s own options: those given, the declared defaults for the rest.
+
+        ``twistd netproto`` passes every option; a test or an embedding
+        program may pass only some. Either way the service reads each value
+        from here, so its defaults are written once, in its declaration.
+        """
+        declared = declaredDefaults(service)
+        return declared | {k: self.options[k] for k in declared if k in self.options}
 
     def login(self, credentials: ICredentials) -> Deferred[IUser]:
         """Check ``credentials``; fires with the :class:`IUser` avatar."""
@@ -83,9 +97,33 @@ class INetprotoService(Interface):
         "to ``twistd netproto``; long names should start with the service name"
     )
     optFlags = Attribute("list of ``[long, short, doc]`` flags this service adds")
+    client = Attribute(
+        "ClientCommand or None: the ``netproto NAME`` subcommand this service brings. "
+        "Optional: a service without this attribute has none."
+    )
 
     def build(context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         """A protocol factory (stream) or a datagram protocol (datagram) to serve."""
+
+
+@dataclass(frozen=True)
+class ClientCommand:
+    """A ``netproto`` subcommand a service brings, named like the service.
+
+    ``module`` is imported only when its subcommand is run (``netproto
+    --help`` reads just ``help``). It provides ``configure(parser)``, which
+    adds the subcommand's arguments to its ``argparse`` parser, and ``async
+    run(reactor, args) -> int``, the exit status; optionally ``prepare(args)``,
+    called before the reactor starts (prompts, checks of local files). A
+    failure the user should read is a
+    :class:`~netproto.client.framed.ClientError`: one line on stderr.
+
+    :ivar module: dotted name of that module.
+    :ivar help: one line of plain text for ``netproto --help``.
+    """
+
+    module: str
+    help: str
 
 
 @implementer(IPlugin, INetprotoService)
@@ -107,6 +145,7 @@ class LazyService:
     enabledByDefault: bool = False
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
+    client: ClientCommand | None = None
 
     def build(self, context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         built: IProtocolFactory | DatagramProtocol = namedAny(self.builder)(context)
@@ -115,6 +154,19 @@ class LazyService:
 
 class ServiceError(Exception):
     """A service cannot be set up as asked; the message is for the operator."""
+
+
+def declaredDefaults(service: INetprotoService) -> dict[str, Any]:
+    """``service``'s own options at their declared defaults, coerced as
+    ``twistd netproto`` passes them (flags are 0)."""
+    options: dict[str, Any] = {}
+    for parameter in service.optParameters:
+        long, default = parameter[0], parameter[2]
+        coerce = parameter[4] if len(parameter) > 4 else None
+        options[long] = coerce(default) if coerce is not None and default is not None else default
+    for flag in service.optFlags:
+        options[flag[0]] = 0
+    return options
 
 
 def discoverServices() -> dict[str, INetprotoService]:
@@ -152,27 +204,63 @@ def parseDatagramEndpoint(description: str) -> tuple[int, str]:
     return int(port), interface
 
 
+def _exitFailed() -> None:
+    """The last word of a server whose startup failed late: exit status 1."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def endServer(reactor: Any, reason: str) -> None:
+    """End the server because it cannot serve what it was asked to: ``reason``
+    is logged in one line, the reactor stops, and once twistd has cleaned up
+    (pid file, log) the process exits with status 1, as it does for a failure
+    found before the reactor ran. twistd itself has no way to set the status
+    of a run that stopped, hence the exit handler.
+    """
+    ListeningService.log.critical("{reason}", reason=reason)
+    atexit.register(_exitFailed)
+    reactor.callWhenRunning(reactor.stop)
+
+
 @implementer(IService)
 class ListeningService(Service):
     """Listens on one endpoint while running; logs where.
 
     Like ``StreamServerEndpointService``, but for datagrams too, and it logs
     the bound address, so port 0 is usable (tests read the log line). A
-    failure to listen at startup ends ``twistd`` with that reason in one line.
+    failure to listen ends ``twistd`` with that reason in one line and exit
+    status 1: at once when the endpoint fails while starting (``SystemExit``),
+    through ``fatal`` when its ``listen`` Deferred fails later (an endpoint
+    that resolves a name or waits for a system service first).
+
+    :param fatal: called with the reason of a late failure; by default
+        :func:`endServer`. Tests pass their own.
     """
 
     log = Logger()
 
-    def __init__(self, service: INetprotoService, description: str, context: ServerContext) -> None:
+    def __init__(
+        self,
+        service: INetprotoService,
+        description: str,
+        context: ServerContext,
+        fatal: Callable[[str], None] | None = None,
+    ) -> None:
         self.service = service
         self.description = description
         self.context = context
+        self.fatal = (
+            fatal if fatal is not None else lambda reason: endServer(context.reactor, reason)
+        )
         self.port: IListeningPort | None = None
+        self._waiting: Deferred[None] | None = None
+        self._starting, self._startFailure = False, ""
         self.setName(f"{service.name} on {description}")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        if self.port is not None:
+        if self.port is not None or self._waiting is not None:
             return
         try:
             built = self.service.build(self.context)
@@ -181,23 +269,35 @@ class ListeningService(Service):
             raise SystemExit(f"netproto: cannot serve {self.service.name}: {e}") from None
         if self.service.kind == "datagram":
             portNumber, interface = parseDatagramEndpoint(self.description)
-            self.port = self.context.reactor.listenUDP(portNumber, built, interface=interface)
-        else:
-            endpoint = serverFromString(self.context.reactor, self.description)
-            failures: list[Failure] = []
-            d = endpoint.listen(built)
-            d.addCallback(self._listening)
-            d.addErrback(failures.append)
-            if failures:
-                # One line for the operator, not a traceback; twistd exits with status 1.
-                raise SystemExit(
-                    f"netproto: cannot serve {self.service.name} on {self.description}: "
-                    f"{failures[0].getErrorMessage()}"
-                )
+            self._listening(self.context.reactor.listenUDP(portNumber, built, interface=interface))
             return
-        self._listening(self.port)
+        endpoint = serverFromString(self.context.reactor, self.description)
+        self._starting, self._startFailure = True, ""
+        try:
+            waiting = endpoint.listen(built).addCallbacks(self._listening, self._cannotListen)
+        finally:
+            self._starting = False
+        if self._startFailure:
+            # One line for the operator, not a traceback; twistd exits with status 1.
+            raise SystemExit(self._startFailure)
+        if not waiting.called:
+            self._waiting = waiting
+
+    def _cannotListen(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError) and not self.running:
+            return  # stopped while waiting: nothing went wrong
+        reason = (
+            f"netproto: cannot serve {self.service.name} on {self.description}: "
+            f"{failure.getErrorMessage()}"
+        )
+        if self._starting:
+            self._startFailure = reason
+        else:
+            self.fatal(reason)
 
     def _listening(self, port: IListeningPort) -> None:
+        self._waiting = None
         self.port = port
         self.log.info(
             "netproto: {service} listening on {address} ({description})",
@@ -212,6 +312,8 @@ class ListeningService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
         port, self.port = self.port, None
         if port is None:
             return None

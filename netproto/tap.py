@@ -62,7 +62,6 @@ class ServerOptions(usage.Options):
             "Server state (the token). [default: $NETPROTO_HOME, "
             "$XDG_DATA_HOME/netproto or ~/.local/share/netproto]",
         ],
-        ["upload-dir", None, None, "Where uploads land. [default: DATA_DIR/uploads]"],
         [
             "users",
             None,
@@ -121,7 +120,6 @@ class ServerOptions(usage.Options):
             self._checkEndpoint(name, description)
         self.endpoints = endpoints
         dataDir = Path(self["data-dir"]) if self["data-dir"] else defaultDataDir()
-        uploadDir = Path(self["upload-dir"]) if self["upload-dir"] else dataDir / "uploads"
         try:
             dataDir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
@@ -140,7 +138,6 @@ class ServerOptions(usage.Options):
             portal=portal,
             authMethods=methods,
             dataDir=dataDir,
-            uploadDir=uploadDir,
             options=dict(self),
         )
 

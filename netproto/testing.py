@@ -27,7 +27,13 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from netproto.auth import makePortal
-from netproto.services import INetprotoService, ServerContext, ServiceError, parseDatagramEndpoint
+from netproto.services import (
+    INetprotoService,
+    ServerContext,
+    ServiceError,
+    declaredDefaults,
+    parseDatagramEndpoint,
+)
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
@@ -52,7 +58,6 @@ def makeContext(
         portal=portal,
         authMethods=methods,
         dataDir=dataDir,
-        uploadDir=dataDir / "uploads",
         options=dict(options or {}),
     )
 
@@ -64,14 +69,7 @@ def readToken(context: ServerContext) -> str:
 
 def defaultOptions(service: INetprotoService) -> dict[str, Any]:
     """The service's own options at their defaults, as ``twistd netproto`` would pass them."""
-    options: dict[str, Any] = {}
-    for parameter in service.optParameters:
-        long, _, default = parameter[0], parameter[1], parameter[2]
-        coerce = parameter[4] if len(parameter) > 4 else None
-        options[long] = coerce(default) if coerce is not None and default is not None else default
-    for flag in service.optFlags:
-        options[flag[0]] = 0
-    return options
+    return declaredDefaults(service)
 
 
 def serveInMemory(

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 from pathlib import Path
 
 import pytest
 from twisted.application.service import IServiceCollection
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from netproto import services
 from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FramedFactory
 from netproto.runtime import raiseFileLimit
-from netproto.services import ListeningService, ServiceError, parseDatagramEndpoint
+from netproto.services import (
+    ListeningService,
+    ServerContext,
+    ServiceError,
+    discoverServices,
+    parseDatagramEndpoint,
+)
 from netproto.tap import Options, ServerOptions, defaultDataDir, makeService
+from netproto.testing import makeContext
+from netproto.upload.server import makeFactory as makeUploadFactory
 
 
 def parse(tmp_path: Path, *args: str) -> ServerOptions:
@@ -30,7 +42,6 @@ def test_defaults_are_the_contract(tmp_path: Path) -> None:
         ("upload", "tcp:8002:interface=127.0.0.1"),
     ]
     assert options.context is not None
-    assert options.context.uploadDir == tmp_path / "data" / "uploads"
     assert options.context.authMethods == ("token",)
 
 
@@ -142,3 +153,60 @@ def test_file_limit_is_raised_to_the_hard_limit() -> None:
         assert hard in (limit, resource.RLIM_INFINITY)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_upload_directory_is_upload_s_own_option(tmp_path: Path) -> None:
+    """--upload-dir is declared by the upload plugin, not twistd netproto, and the
+    server context carries nothing of one service's."""
+    assert "uploadDir" not in {f.name for f in dataclasses.fields(ServerContext)}
+    declared = [p[0] for p in discoverServices()["upload"].optParameters]
+    assert "upload-dir" in declared
+    assert "upload-dir=" not in ServerOptions().longOpt
+    for args, where in (
+        (["--upload-dir", str(tmp_path / "elsewhere")], tmp_path / "elsewhere"),
+        ([], tmp_path / "data" / "uploads"),
+    ):
+        context = parse(tmp_path, *args).context
+        assert context is not None
+        makeUploadFactory(context).store.close()
+        assert where.is_dir()
+
+
+class LateEndpoint:
+    """A server endpoint whose ``listen`` answers when the test says; the
+    started service listening on it, and the late failures it reported."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.waiting: Deferred[object] = Deferred()
+        self.reasons: list[str] = []
+        self.listener = ListeningService(
+            discoverServices()["echo"], "later:", makeContext(tmp), fatal=self.reasons.append
+        )
+
+    def listen(self, factory: object) -> Deferred[object]:
+        return self.waiting
+
+
+@pytest.fixture
+def late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LateEndpoint:
+    endpoint = LateEndpoint(tmp_path)
+    monkeypatch.setattr(services, "serverFromString", lambda reactor, description: endpoint)
+    endpoint.listener.startService()
+    return endpoint
+
+
+def test_a_late_listen_failure_is_reported_not_dropped(late: LateEndpoint) -> None:
+    """A listen Deferred that fails after startup reaches ``fatal`` as one line."""
+    assert late.reasons == []
+    late.waiting.errback(CannotListenError("host", 7, OSError("gone")))
+    assert late.reasons == [
+        "netproto: cannot serve echo on later:: Couldn't listen on host:7: gone."
+    ]
+    late.listener.stopService()
+
+
+def test_stopping_while_listening_is_pending_is_no_failure(late: LateEndpoint) -> None:
+    """Stopped before its endpoint answered, the service cancels the listen quietly."""
+    late.listener.stopService()
+    assert late.waiting.called
+    assert late.reasons == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import stat
@@ -158,4 +159,62 @@ def test_bad_service_option_values_are_one_line(
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output
+    assert "Traceback" not in output
+
+
+#: A Twisted endpoint plugin for the test below: ``later:REASON`` listens on
+#: nothing and fails a moment after startup, as an endpoint that first resolves
+#: a name or asks a system service would.
+LATE_ENDPOINT = """
+from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+class Later:
+    def __init__(self, reason):
+        self.reason = reason
+
+    def listen(self, factory):
+        d = defer.Deferred()
+        reactor.callLater(0.2, d.errback, error.CannotListenError("later", 0, self.reason))
+        return d
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class LaterParser:
+    prefix = "later"
+
+    def parseStreamServer(self, reactor, reason):
+        return Later(reason)
+
+
+later = LaterParser()
+"""
+
+
+def test_a_listen_failure_after_startup_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """An endpoint whose listen fails once the reactor runs: twistd logs the reason in
+    one line, stops, and exits with status 1 (as for a failure at startup)."""
+    plugins = tmp_path / "site" / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "later_endpoint.py").write_text(LATE_ENDPOINT)
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"]
+        + ["--chat", "later:no such socket", "--exec", "none", "--upload", "none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=twistdEnv(tmp_path, {"PYTHONPATH": f"{tmp_path / 'site'}:{os.environ['PYTHONPATH']}"}),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    reasons = [line for line in output.splitlines() if "cannot serve chat" in line]
+    assert len(reasons) == 1, output
+    assert reasons[0].endswith(
+        "netproto: cannot serve chat on later:no such socket: "
+        + ("Couldn't listen on later:0: no such socket.")
+    ), reasons[0]
     assert "Traceback" not in output

@@ -23,7 +23,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from netproto.client.framed import connectFramed
 from netproto.upload.client import Job, sendFile
 from netproto.upload.names import PARTIAL_PREFIX
-from netproto.upload.server import makeFactory
+from netproto.upload.server import makeFactory, uploadDirectory
 from tests.support import NETPROTO, BlockingFramed, Twistd, makeContext, runTwistd, token, waitUntil
 from tests.test_upload_hardening import smallTmpfs
 
@@ -73,8 +73,8 @@ async def test_200_MiB_random_file_arrives_byte_identical(tmp_path: Path) -> Non
     finally:
         await defer.maybeDeferred(port.stopListening)
     assert (size, sent) == (200 * MiB, digest)
-    assert filecmp.cmp(source, context.uploadDir / "big.bin", shallow=False)
-    assert partials(context.uploadDir) == []
+    assert filecmp.cmp(source, uploadDirectory(context) / "big.bin", shallow=False)
+    assert partials(uploadDirectory(context)) == []
 
 
 # -- the netproto upload command against twistd ------------------------------------

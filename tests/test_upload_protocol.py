@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from netproto.codec import FrameDecoder, encodeFrame
 from netproto.upload.names import partialName
 from netproto.upload.protocol import Phase, UploadProtocol
-from netproto.upload.server import UploadFactory, makeFactory, makeQuotas
+from netproto.upload.server import UploadFactory, makeFactory, makeQuotas, uploadDirectory
 from netproto.upload.store import Buffer, UploadStore, renameNoReplace
 from netproto.upload.workers import callNow
 from tests.support import makeContext, token
@@ -67,7 +67,7 @@ class Harness:
             checker = InMemoryUsernamePasswordDatabaseDontUse(**dict.fromkeys(users, b"pw"))
             self.context.portal.registerChecker(checker)
             self.context.authMethods = ("token", "password")
-        self.root = self.context.uploadDir
+        self.root = uploadDirectory(self.context)
         self.store = UploadStore(self.root, resumeTTL=TTL, minFree=minFree, writev=writev)
         self.factory = UploadFactory(
             self.context,
@@ -216,7 +216,7 @@ def test_upload_dir_is_created_private(tmp_path: Path) -> None:
     """A missing upload dir is created with mode 0700."""
     context = makeContext(tmp_path, reactor=MemoryReactorClock())
     makeFactory(context).store.close()
-    assert (context.uploadDir.stat().st_mode & 0o777) == 0o700
+    assert (uploadDirectory(context).stat().st_mode & 0o777) == 0o700
 
 
 # -- refusals that keep the connection -------------------------------------------

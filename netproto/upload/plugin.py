@@ -1,7 +1,27 @@
-"""The upload service's plugin declaration and its ``twistd netproto`` options."""
+"""The upload service's plugin declaration: its ``twistd netproto`` options,
+their defaults (the one place they are written; :mod:`netproto.upload.server`
+reads them from here), and its ``netproto upload`` subcommand.
+
+Imported whenever plugins are discovered, so it imports nothing heavy.
+"""
+
+from typing import Final
 
 from netproto.options import count, seconds
-from netproto.services import LazyService
+from netproto.services import ClientCommand, LazyService
+
+#: Bytes of free space an upload must leave on the upload directory's file
+#: system: room for the server's own logs and state, and for the rest of the
+#: machine, when uploads fill the disk.
+DEFAULT_MIN_FREE: Final = 64 * 1024 * 1024
+#: Default cap on one user's uploads in progress at once. Each holds a
+#: partial file and two descriptors, up to 16 MiB of received data not yet
+#: on disk, and worker-thread time; the service has 8 worker threads, so
+#: more at once would only queue. 0 means no cap.
+DEFAULT_MAX_PER_USER: Final = 8
+#: Seconds the data of an interrupted upload is kept for a resume after its
+#: last byte arrived: a day covers a laptop closed overnight.
+DEFAULT_RESUME_TTL: Final = 86400.0
 
 service = LazyService(
     name="upload",
@@ -9,7 +29,14 @@ service = LazyService(
     defaultEndpoint="tcp:8002:interface=127.0.0.1",
     builder="netproto.upload.server.makeFactory",
     enabledByDefault=True,
+    client=ClientCommand("netproto.upload.client", "upload files and directories, verified"),
     optParameters=[
+        [
+            "upload-dir",
+            None,
+            None,
+            "Where uploads land; created with mode 0700 if missing. [default: DATA_DIR/uploads]",
+        ],
         [
             "upload-max-size",
             None,
@@ -21,7 +48,7 @@ service = LazyService(
         [
             "upload-min-free",
             None,
-            64 * 1024 * 1024,
+            DEFAULT_MIN_FREE,
             "Bytes of free space an upload must leave on the upload directory's "
             "file system; one that would not is refused with no-space.",
             count,
@@ -45,7 +72,7 @@ service = LazyService(
         [
             "upload-max-per-user",
             None,
-            8,  # netproto.upload.quota.DEFAULT_MAX_PER_USER (the plugin imports nothing heavy)
+            DEFAULT_MAX_PER_USER,
             "Uploads one user may have in progress at once; one more is refused "
             "with busy (0: no limit).",
             count,
@@ -53,7 +80,7 @@ service = LazyService(
         [
             "upload-resume-ttl",
             None,
-            86400.0,
+            DEFAULT_RESUME_TTL,
             "Seconds the data of an interrupted upload is kept for a resume "
             "after its last byte arrived.",
             seconds,

@@ -49,16 +49,12 @@ from twisted.logger import Logger
 
 from netproto.errors import ProtocolError
 from netproto.upload.names import RESERVED_PREFIX
+from netproto.upload.plugin import DEFAULT_MAX_PER_USER  # noqa: F401 - declared (and why) there
 
 log = Logger()
 
 #: The index of stored files and their users, at the top of the upload directory.
 INDEX_NAME: Final = RESERVED_PREFIX + "-quota.sqlite"
-#: Default cap on one user's uploads in progress at once. Each holds a
-#: partial file and two descriptors, up to 16 MiB of received data not yet
-#: on disk, and worker-thread time; the service has 8 worker threads, so
-#: more at once would only queue. 0 means no cap.
-DEFAULT_MAX_PER_USER: Final = 8
 #: Index rows checked against the disk per lock hold in :meth:`Ledger.reconcile`:
 #: uploads finishing meanwhile wait for at most one batch of ``lstat`` calls.
 RECONCILE_BATCH: Final = 500

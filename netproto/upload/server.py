@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any, Final
 
 from twisted.internet import task
@@ -12,8 +13,9 @@ from twisted.python.failure import Failure
 
 from netproto.framing import FramedFactory
 from netproto.services import ServerContext, ServiceError
+from netproto.upload import plugin
 from netproto.upload.protocol import UploadProtocol
-from netproto.upload.quota import DEFAULT_MAX_PER_USER, Ledger, Quotas
+from netproto.upload.quota import Ledger, Quotas
 from netproto.upload.store import UploadStore
 from netproto.upload.workers import Executor, Lane, Reporter, WorkerThreads, callNow
 
@@ -99,24 +101,31 @@ class UploadFactory(FramedFactory):
         return d.addCallbacks(swept, failed)
 
 
+def uploadDirectory(context: ServerContext) -> Path:
+    """Where uploads land: ``--upload-dir``, else ``DATA_DIR/uploads``."""
+    given = context.options.get("upload-dir")
+    return Path(given) if given else context.dataDir / "uploads"
+
+
 def makeFactory(context: ServerContext) -> UploadFactory:
     """The upload service (``builder`` of :mod:`netproto.upload.plugin`)."""
-    options = context.options
+    options = context.optionsOf(plugin.service)
+    root = uploadDirectory(context)
     try:
         store = UploadStore(
-            context.uploadDir,
-            resumeTTL=float(options.get("upload-resume-ttl", 86400.0)),
-            minFree=int(options.get("upload-min-free", 64 * 1024 * 1024)),
+            root,
+            resumeTTL=float(options["upload-resume-ttl"]),
+            minFree=int(options["upload-min-free"]),
         )
     except OSError as e:
-        raise ServiceError(f"upload directory {context.uploadDir}: {e.strerror}") from None
-    log.info("upload: files land in {dir}", dir=context.uploadDir)
+        raise ServiceError(f"upload directory {root}: {e.strerror}") from None
+    log.info("upload: files land in {dir}", dir=root)
     executor, report = threadExecutor(context.reactor)
     return UploadFactory(
         context,
         store,
         executor,
-        maxSize=int(options.get("upload-max-size", 0)),
+        maxSize=int(options["upload-max-size"]),
         report=report,
         quotas=makeQuotas(context),
     )
@@ -125,18 +134,19 @@ def makeFactory(context: ServerContext) -> UploadFactory:
 def makeQuotas(context: ServerContext) -> Quotas:
     """The quotas the options ask for; the index of stored files is opened
     (and summed) only when a quota on files or bytes is set."""
-    options = context.options
-    maxFiles = int(options.get("upload-quota-files", 0))
-    maxBytes = int(options.get("upload-quota-bytes", 0))
+    options = context.optionsOf(plugin.service)
+    maxFiles = int(options["upload-quota-files"])
+    maxBytes = int(options["upload-quota-bytes"])
     ledger = None
     if maxFiles or maxBytes:
+        root = uploadDirectory(context)
         try:
-            ledger = Ledger(context.uploadDir)
+            ledger = Ledger(root)
         except (OSError, sqlite3.Error) as e:
-            raise ServiceError(f"upload quota index in {context.uploadDir}: {e}") from None
+            raise ServiceError(f"upload quota index in {root}: {e}") from None
     return Quotas(
         maxFiles=maxFiles,
         maxBytes=maxBytes,
-        maxParallel=int(options.get("upload-max-per-user", DEFAULT_MAX_PER_USER)),
+        maxParallel=int(options["upload-max-per-user"]),
         ledger=ledger,
     )
