@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 from netproto.runtime import tuneAllocator
+from netproto.upload.pipeline import Pipeline
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import PartialFile
 from netproto.upload.workers import Lane, WorkerThreads, callNow
@@ -126,7 +127,7 @@ def test_big_file_is_hashed_and_written_in_separate_lanes_in_order(tmp_path: Pat
     steps = StepExecutor()
     h = Harness(tmp_path, executor=steps)
     c = h.connect()
-    data = os.urandom(3 * UploadProtocol.batchSize + 12345)
+    data = os.urandom(3 * Pipeline.batchSize + 12345)
     c.put("big", len(data))
     steps.runAll()
     c.frames()
@@ -134,9 +135,11 @@ def test_big_file_is_hashed_and_written_in_separate_lanes_in_order(tmp_path: Pat
     proto = c.proto
     assert proto.upload is not None
     assert proto.upload.pipelined
+    pipeline = proto.pipeline
+    assert pipeline is not None
     # The hashing lane first, then the writing lane: each in its own order.
-    runLane(steps, proto.hasher)
-    runLane(steps, proto.writer)
+    runLane(steps, pipeline.hasher)
+    runLane(steps, pipeline.writer)
     c.finish(data)
     steps.runAll()
     assert c.frames() == stored("big", data)
@@ -149,15 +152,17 @@ def test_lagging_hash_lane_pauses_the_client(tmp_path: Path) -> None:
     steps = StepExecutor()
     h = Harness(tmp_path, executor=steps)
     c = h.connect()
-    data = os.urandom(UploadProtocol.highWater + 4 * UploadProtocol.batchSize)
+    data = os.urandom(UploadProtocol.highWater + 4 * Pipeline.batchSize)
     c.put("f", len(data))
     steps.runAll()
     c.frames()
     c.data(data, chunk=256 * 1024)
     assert c.transport.producerState == "paused"
-    runLane(steps, c.proto.writer)
+    pipeline = c.proto.pipeline
+    assert pipeline is not None
+    runLane(steps, pipeline.writer)
     assert c.transport.producerState == "paused"
-    runLane(steps, c.proto.hasher)
+    runLane(steps, pipeline.hasher)
     assert c.transport.producerState == "producing"
     c.finish(data)
     steps.runAll()
@@ -169,7 +174,7 @@ def test_wrong_digest_after_pipelining_stores_nothing(tmp_path: Path) -> None:
     a mismatch on a pipelined file leaves nothing behind."""
     h = Harness(tmp_path)
     c = h.connect()
-    data = os.urandom(2 * UploadProtocol.batchSize)
+    data = os.urandom(2 * Pipeline.batchSize)
     c.put("f", len(data))
     c.frames()
     c.data(data)
@@ -189,7 +194,7 @@ def test_data_is_flushed_while_it_arrives(tmp_path: Path, monkeypatch: pytest.Mo
         original(self)
 
     monkeypatch.setattr(PartialFile, "flush", counted)
-    monkeypatch.setattr(UploadProtocol, "flushStep", 1024 * 1024)
+    monkeypatch.setattr(Pipeline, "flushStep", 1024 * 1024)
     h = Harness(tmp_path)
     c = h.connect()
     data = os.urandom(5 * 1024 * 1024)
@@ -207,7 +212,7 @@ def test_failed_early_flush_fails_the_file(
         self.flushError = OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(PartialFile, "flush", failing)
-    monkeypatch.setattr(UploadProtocol, "flushStep", 1024 * 1024)
+    monkeypatch.setattr(Pipeline, "flushStep", 1024 * 1024)
     h = Harness(tmp_path)
     c = h.connect()
     data = os.urandom(3 * 1024 * 1024)
@@ -219,10 +224,10 @@ def test_failed_early_flush_fails_the_file(
 def test_no_space_mid_pipeline_leaves_nothing(tmp_path: Path) -> None:
     """ENOSPC in the writing lane while the hashing lane is ahead: E no-space,
     the partial data removed, and the connection usable."""
-    disk = SmallDisk(UploadProtocol.batchSize)
+    disk = SmallDisk(Pipeline.batchSize)
     h = Harness(tmp_path, writev=disk.writev)
     c = h.connect()
-    data = os.urandom(4 * UploadProtocol.batchSize)
+    data = os.urandom(4 * Pipeline.batchSize)
     assert error("no-space")(c.upload("f", data))
     assert h.files() == set()
     disk.free = 10**9
