@@ -1,5 +1,6 @@
-"""Direct sends (netproto.directsend) over real loopback TCP: order, partial sends, cut-off,
-and the Twisted internals they rely on."""
+"""Chat's deliveries through the member's writer (netproto.directsend) over real loopback
+TCP: order, partial sends, the cut-off. (The Twisted internals the writer reads are pinned
+by tests/test_writer_canaries.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, tcp
-from twisted.internet.testing import StringTransport
+from twisted.internet import reactor
 
 from netproto.chat.config import ChatConfig
-from netproto.chat.protocol import _CUT, _DIRECT, _FLOWING, TRANSPORT_BUFFER, ChatProtocol
+from netproto.chat.protocol import ChatProtocol
 from netproto.chat.server import ChatFactory
-from netproto.directsend import directSocket, holdsNothing, unsent
+from netproto.directsend import PAUSE_THRESHOLD, Writer
 from tests.support import eventually
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
@@ -76,54 +76,10 @@ def loop() -> Iterator[Loop]:
     lp.close()
 
 
-@pytest_twisted.ensureDeferred
-async def test_twisted_tcp_transport_is_as_direct_sends_assume(loop: Loop) -> None:
-    """Twisted's TCP server transport is the exact class direct sends know; its handle is the
-    socket; ``write`` buffers in ``dataBuffer``/``_tempDataBuffer``, which are empty again once
-    the reactor has sent them, and ``unsent`` counts what is left of them while it sends. If
-    an upgrade changes this, direct sends and the output bound must be revisited. (And chat
-    connections have Nagle's algorithm off.)"""
-    s, proto = await loop.connect(rcvbuf=SMALL)
-    transport: Any = proto.transport
-    assert type(transport) is tcp.Server
-    assert directSocket(transport) is transport.getHandle()
-    assert proto._backlog == _DIRECT
-    assert transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    assert holdsNothing(transport) and unsent(transport) == 0
-    transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
-    transport.write(b"queued\r\n")
-    assert not holdsNothing(transport) and unsent(transport) == 8
-    big = b"B" * (transport.SEND_LIMIT * 2)
-    transport.write(big)
-    assert unsent(transport) == 8 + len(big)
-    got = bytearray()
-
-    def partly() -> bool:  # Twisted sent part of its buffer: dataBuffer and offset moved
-        got.extend(read(s, 1 << 14))
-        return transport.offset > 0 and unsent(transport) == 8 + len(big) - transport.offset
-
-    await eventually(partly)
-
-    def complete() -> bool:
-        got.extend(read(s))
-        return holdsNothing(transport) and unsent(transport) == 0 and len(got) == 8 + len(big)
-
-    await eventually(complete, timeout=20)
-    assert bytes(got) == b"queued\r\n" + big
-
-
-def test_other_transports_get_plain_writes() -> None:
-    """Only Twisted's own TCP and UNIX server classes qualify: not a test transport, not a
-    subclass (its write path may differ), not a connection after startTLS."""
-
-    class Subclass(tcp.Server):
-        pass
-
-    assert directSocket(StringTransport()) is None
-    assert directSocket(object.__new__(Subclass)) is None
-    tls = object.__new__(tcp.Server)
-    tls.TLS = True
-    assert directSocket(tls) is None
+def queue(proto: ChatProtocol) -> Writer:
+    """The member's writer (it must not have been cut off)."""
+    assert proto.sender is not None and proto.sender.socket is not None
+    return proto.sender
 
 
 @pytest_twisted.ensureDeferred
@@ -133,15 +89,15 @@ async def test_a_partial_send_hands_the_rest_to_twisted_and_order_is_kept(loop: 
     the socket ahead of it). Once Twisted has sent everything, deliveries are direct again.
     The reader gets every byte in order."""
     s, proto = await loop.connect(rcvbuf=SMALL)
-    assert proto._socket is not None
-    proto._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
-    big = b"B" * (TRANSPORT_BUFFER // 2) + b"\r\n"
+    writer = queue(proto)
+    writer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)  # type: ignore[union-attr]
+    big = b"B" * (PAUSE_THRESHOLD // 2) + b"\r\n"
     proto.deliver(big)
-    assert proto._backlog == _FLOWING and not holdsNothing(proto.transport)
+    assert writer.queued and writer.unsent() > 0
     after = [b"after %d\r\n" % i for i in range(100)]
     for line in after:
         proto.deliver(line)
-    assert proto._backlog == _FLOWING
+    assert writer.queued
     want = big + b"".join(after)
     got = bytearray()
 
@@ -151,9 +107,10 @@ async def test_a_partial_send_hands_the_rest_to_twisted_and_order_is_kept(loop: 
 
     await eventually(complete, timeout=20)
     assert bytes(got) == want
-    await eventually(lambda: holdsNothing(proto.transport))
+    await eventually(lambda: not writer.queued)
+    assert writer.unsent() == 0
     proto.deliver(b"direct again\r\n")
-    assert proto._backlog == _DIRECT
+    assert not writer.queued
     assert await eventually(lambda: read(s)) == b"direct again\r\n"
 
 
@@ -162,14 +119,14 @@ async def test_direct_sends_and_twisted_buffering_interleave_without_loss(loop: 
     """Numbered lines delivered while the reader reads in small bursts go now directly, now
     through Twisted; the reader still gets each exactly once, in order."""
     s, proto = await loop.connect(rcvbuf=SMALL)
-    assert proto._socket is not None
-    proto._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+    writer = queue(proto)
+    writer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)  # type: ignore[union-attr]
     lines = [b"%05d " % i + b"x" * 500 + b"\r\n" for i in range(2000)]
     got = bytearray()
     states = set()
     for i, line in enumerate(lines):
         proto.deliver(line)
-        states.add(proto._backlog)
+        states.add(writer.queued)
         if i % 50 == 49:
             got.extend(read(s, 8192))  # a slow reader: some of it, now and then
             await eventually(lambda: True)  # let the reactor run its writes
@@ -181,7 +138,7 @@ async def test_direct_sends_and_twisted_buffering_interleave_without_loss(loop: 
 
     await eventually(complete, timeout=20)
     assert bytes(got) == want
-    assert states >= {_DIRECT, _FLOWING}  # both paths were taken
+    assert states == {False, True}  # both paths were taken
 
 
 @pytest_twisted.ensureDeferred
@@ -189,11 +146,12 @@ async def test_a_reader_that_stops_is_still_cut_off_and_others_get_everything() 
     """With direct sends, a member that never reads fills the kernel's buffers, then
     Twisted's; Twisted's full-buffer signal starts the count and past --chat-max-queue the
     member is cut off, while a reading member gets every line."""
-    loop = Loop(maxQueue=TRANSPORT_BUFFER + 32 * 1024)
+    loop = Loop(maxQueue=PAUSE_THRESHOLD + 32 * 1024)
     try:
         silent, slow = await loop.connect(rcvbuf=SMALL)
-        assert slow._socket is not None  # no send buffer autotuning up to megabytes
-        slow._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+        sock = queue(slow).socket
+        assert sock is not None  # no send buffer autotuning up to megabytes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
         reader, _ = await loop.connect()
         talker, _ = await loop.connect()
         read(silent)
@@ -208,7 +166,7 @@ async def test_a_reader_that_stops_is_still_cut_off_and_others_get_everything() 
         for i in range(0, len(lines), 20):
             talker.send(b"".join(line + b"\n" for line in lines[i : i + 20]))
             await eventually(lambda i=i: received(lines[i]))  # type: ignore[misc]
-        assert slow._backlog == _CUT
+        assert slow.sender is None  # cut off
         text = bytes(got)
         said = [ln for ln in text.split(b"\r\n") if ln.startswith(b"<")]
         assert [ln.split(b" ")[1] for ln in said] == [b"%05d" % i for i in range(600)]
@@ -227,8 +185,8 @@ async def test_a_slow_reader_whose_queue_stays_under_the_bound_is_never_cut_off(
     loop = Loop(maxQueue=256 * 1024)
     try:
         s, proto = await loop.connect(rcvbuf=SMALL)
-        assert proto._socket is not None
-        proto._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+        writer = queue(proto)
+        writer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)  # type: ignore[union-attr]
         line = b"x" * 1000 + b"\r\n"
         for _ in range(160):  # the standing queue
             proto.deliver(line)
@@ -236,15 +194,15 @@ async def test_a_slow_reader_whose_queue_stays_under_the_bound_is_never_cut_off(
         for rounds in range(1, 101):
             for _ in range(10):
                 proto.deliver(line)
-            assert proto._backlog != _CUT
-            assert TRANSPORT_BUFFER < unsent(proto.transport) <= 256 * 1024  # never empty
+            assert proto.sender is writer  # not cut off
+            assert PAUSE_THRESHOLD < writer.unsent() <= 256 * 1024  # never empty
 
             def caughtUp(want: int = rounds * 10 * len(line)) -> bool:
                 got.extend(read(s, want - len(got)))  # no more than came since
                 return len(got) >= want
 
             await eventually(caughtUp, interval=0.001)
-        assert proto._backlog != _CUT
+        assert proto.sender is writer
         assert bytes(got) == line * (len(got) // len(line))
     finally:
         loop.close()
@@ -262,11 +220,20 @@ async def test_the_history_replayed_to_a_joiner_counts_against_the_bound() -> No
         lobby = loop.factory.server.rooms["lobby"]
         await eventually(lambda: lobby.history is not None and len(lobby.history) == 100)
         made: list[Any] = []
+        heldWhenCut: list[int] = []
         build = loop.factory.buildProtocol
 
         def recorded(addr: Any) -> Any:
-            made.append(build(addr))
-            return made[-1]
+            proto: Any = build(addr)
+            cutOff = proto._cutOff
+
+            def measured() -> None:  # what the writer holds when the next line is refused
+                heldWhenCut.append(proto.sender.unsent())
+                cutOff()
+
+            proto._cutOff = measured
+            made.append(proto)
+            return proto
 
         loop.factory.buildProtocol = recorded  # type: ignore[method-assign]
         silent = socket.socket()
@@ -276,8 +243,8 @@ async def test_the_history_replayed_to_a_joiner_counts_against_the_bound() -> No
         loop.socks.append(silent)
         (proto,) = await eventually(lambda: made)
         assert isinstance(proto, ChatProtocol)
-        await eventually(lambda: proto._backlog == _CUT)
-        assert unsent(proto.transport) <= 64 * 1024
+        await eventually(lambda: heldWhenCut)
+        assert proto.sender is None and heldWhenCut[0] <= 64 * 1024  # the replay is one write
         await eventually(lambda: proto not in loop.factory.server.nicks.values())
     finally:
         loop.close()

@@ -13,9 +13,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from netproto.chat.config import ChatConfig
-from netproto.chat.protocol import TRANSPORT_BUFFER, ChatProtocol
+from netproto.chat.protocol import ChatProtocol
 from netproto.chat.server import ChatFactory, Refusal, makeFactory
 from netproto.chat.telnet import DO, DONT, IAC, SB, SE, WILL, WONT, TelnetFilter
+from netproto.directsend import PAUSE_THRESHOLD
 from tests.support import makeContext
 
 
@@ -164,13 +165,15 @@ def test_flood_control_off_with_rate_zero() -> None:
 def test_a_client_that_stops_reading_is_cut_off_without_slowing_others() -> None:
     """Once the transport says its buffer is full, output past --chat-max-queue aborts that
     client alone; the others go on getting everything."""
-    h = Harness(maxQueue=TRANSPORT_BUFFER + 1000, rate=0)
+    h = Harness(maxQueue=PAUSE_THRESHOLD + 1000, rate=0)
     a, ta = h.connect()
     slow, ts = h.connect()
     c, tc = h.connect()
     ta.clear()
-    assert ts.producer is slow
-    slow.pauseProducing()  # what the TCP transport does when its buffer passes 64 KiB
+    writer = slow.sender
+    assert ts.producer is writer and ts.streaming
+    assert writer is not None
+    writer.pauseProducing()  # what the TCP transport does when its buffer passes 64 KiB
     for i in range(30):
         a.dataReceived(b"line %02d ".ljust(60, b"x") % i + b"\n")
         h.clock.advance(0)
@@ -183,14 +186,17 @@ def test_a_client_that_stops_reading_is_cut_off_without_slowing_others() -> None
 
 def test_a_reader_that_catches_up_is_not_cut_off() -> None:
     """``resumeProducing`` (the buffer drained) resets the count."""
-    h = Harness(maxQueue=TRANSPORT_BUFFER + 1000, rate=0)
+    h = Harness(maxQueue=PAUSE_THRESHOLD + 1000, rate=0)
     a, _ = h.connect()
     b, tb = h.connect()
+    writer = b.sender
+    assert tb.producer is writer
+    assert writer is not None
     for _ in range(5):
-        b.pauseProducing()
+        writer.pauseProducing()
         a.dataReceived(b"y" * 500 + b"\n")
         h.clock.advance(0)
-        b.resumeProducing()
+        writer.resumeProducing()
     assert not tb.disconnected and len(h.lines(tb)) == 5
 
 

@@ -26,7 +26,7 @@ class ChatConfig:
         included), so a reader that keeps up, however slowly, is never cut off and
         one that stops never holds more. Where the transport's buffer cannot be read
         (TLS), estimated as the transport's own threshold (see
-        :data:`netproto.chat.protocol.TRANSPORT_BUFFER`) plus what was written
+        :data:`netproto.directsend.PAUSE_THRESHOLD`) plus what was written
         since it reported its buffer full.
     :ivar rate: sustained lines per second per client; 0 turns flood control off.
     :ivar burst: lines a client may send back to back before ``rate`` applies.

@@ -11,22 +11,20 @@ What it adds to the plain line splitting, each because a real client needs it:
 - Flood control as a token bucket in its "virtual scheduling" form: one float per
   client (the time its next line is due), checked against the clock on each line;
   no timer per client.
-- Slow readers: each time a line is queued, what Twisted's transport still holds
-  unsent is measured (:func:`netproto.directsend.unsent`); a line that would take
-  it past ``--chat-max-queue`` cuts the client off (``abortConnection``: its
-  buffer is freed at once). What counts is what is still queued, so a reader that
-  keeps up, however slowly, stays, and one that stops never holds more than the
-  bound, the history replayed on joining included. Nobody else waits for it.
-  Where the buffer cannot be read (TLS, test transports), the connection is the
-  transport's streaming producer and the bytes written between its
-  ``pauseProducing`` and ``resumeProducing`` are counted instead.
+- Slow readers: each time a line is queued, what the member's writer still holds
+  unsent is measured (:meth:`netproto.directsend.Writer.unsent`); a line that
+  would take it past ``--chat-max-queue`` cuts the client off (``abortConnection``:
+  its buffer is freed at once). What counts is what is still queued, so a reader
+  that keeps up, however slowly, stays, and one that stops never holds more than
+  the bound, the history replayed on joining included. Nobody else waits for it.
 - Closing: ``/quit`` and the idle timeout free the member's connection slots at
   once and close the connection once its client has taken what is queued, or
   abort it after ``--chat-close-grace``: a client that stopped reading (or whose
   host vanished) cannot keep its socket and buffer.
-- Output leaves at once: while Twisted holds nothing for the connection, a delivery
-  is one ``send`` on its socket instead of a write on the next reactor turn
-  (:mod:`netproto.directsend`), and TCP connections have Nagle's algorithm off.
+- Output leaves at once: each member has a :class:`~netproto.directsend.Writer`,
+  which sends a delivery with one ``send`` on its socket while Twisted holds nothing
+  for it, instead of a write on the next reactor turn; TCP connections have Nagle's
+  algorithm off.
 
 Per-connection state is a handful of slots, allocated nothing until needed: an
 idle member costs a few hundred bytes above Twisted's own transport.
@@ -34,11 +32,10 @@ idle member costs a few hundred bytes above Twisted's own transport.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -48,46 +45,35 @@ from netproto.addresses import describePeer
 from netproto.chat.commands import interpret
 from netproto.chat.state import ChatRoom, IParticipant, errorLine
 from netproto.chat.telnet import TelnetFilter
-from netproto.directsend import directSocket, holdsNothing, unsent
+from netproto.directsend import Writer, directSocket
 from netproto.logsummary import sourceOf
 
 if TYPE_CHECKING:
     from netproto.chat.server import ChatFactory
 
-#: The threshold past which Twisted's transports call ``pauseProducing``
-#: (``FileDescriptor.bufferSize``). Where a transport's buffer cannot be read, a
-#: client is cut off once what was written to it since then passes ``maxQueue``
-#: minus this, so its whole queue stays near ``maxQueue``.
-TRANSPORT_BUFFER = 64 * 1024
-
 SLOW_DOWN = errorLine("slow down")
 
 _DONE = Failure(ConnectionDone())
-_FLOWING = -1  # _backlog: write through the transport (it may hold some already)
-_CUT = -2  # _backlog: cut off or gone; everything is dropped
-_DIRECT = -3  # _backlog: Twisted holds nothing for the connection: send on its socket
-# _backlog >= 0: a transport whose buffer cannot be read reported it full; the bytes
-# written since.
 
 
-@implementer(IParticipant, IPushProducer)
+@implementer(IParticipant)
 class ChatProtocol(LineReceiver):
     """One chat connection: a participant of :class:`~netproto.chat.state.ChatServer`.
 
     :ivar nick: set by the chat state.
     :ivar room: set by the chat state; None once the participant has left.
+    :ivar sender: where its output goes; None before the connection is made and
+        once it is cut off or gone (everything is dropped then).
     """
 
     delimiter = b"\n"
 
     __slots__ = (
         "_abortCall",
-        "_backlog",
         "_discarding",
         "_pending",
         "_reason",
         "_slot",
-        "_socket",
         "_tat",
         "_telnet",
         "_throttled",
@@ -95,6 +81,7 @@ class ChatProtocol(LineReceiver):
         "lastActive",
         "nick",
         "room",
+        "sender",
         "source",
     )
 
@@ -110,8 +97,7 @@ class ChatProtocol(LineReceiver):
         self.source = "?"
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
-        self._backlog = _FLOWING
-        self._socket: socket.socket | None = None  # the socket deliver may send on itself
+        self.sender: Writer | None = None
         self._telnet: TelnetFilter | None = None
         self._discarding = False  # skipping the rest of an over-long line
         self._pending: bytes | None = None  # input after an over-long line
@@ -125,10 +111,7 @@ class ChatProtocol(LineReceiver):
     def connectionMade(self) -> None:
         factory = self.factory
         assert self.transport is not None
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self._socket = directSocket(self.transport)
-        if self._socket is not None:
-            self._backlog = _DIRECT
+        self.sender = Writer(self.transport, directSocket(self.transport))
         if ITCPTransport.providedBy(self.transport):
             # Lines go out as written: a line must not wait, under Nagle's algorithm,
             # for the client's (possibly delayed) acknowledgement of the previous one.
@@ -165,7 +148,7 @@ class ChatProtocol(LineReceiver):
         abortCall = self._abortCall
         if abortCall is not None and abortCall.active():
             abortCall.cancel()
-        self._backlog = _CUT  # nothing more to send, nor to abort (see close)
+        self.sender = None  # nothing more to send, nor to abort (see close)
         factory.server.disconnect(self, why)
         self._release()
 
@@ -232,68 +215,25 @@ class ChatProtocol(LineReceiver):
     # -- output: IParticipant --------------------------------------------------------
 
     def deliver(self, line: bytes) -> None:
-        """Send ``line``: the one path by which this connection's output leaves.
-
-        While Twisted holds nothing for the connection (``_DIRECT``), one ``send``
-        on the socket; the rest of it, if the kernel took only part, and everything
-        after that, through ``transport.write`` behind what Twisted holds, until its
-        buffer is empty again (see :mod:`netproto.directsend`). A line that would
-        take what Twisted holds unsent past ``--chat-max-queue`` cuts the client off.
-        """
-        backlog = self._backlog
-        if backlog == _CUT:
-            return
-        sock = self._socket
-        transport = self.transport
-        if sock is None:
-            self._deliverCounted(line, backlog)
-            return
-        if backlog == _DIRECT or holdsNothing(transport):
-            try:
-                sent = sock.send(line)
-            except OSError:  # EAGAIN, ENOBUFS or a dead connection: Twisted finds out
-                sent = 0
-            if sent == len(line):
-                self._backlog = _DIRECT
-                return
-            if sent:
-                line = line[sent:]
-            queued = len(line)
-        else:
-            queued = unsent(transport) + len(line)
-        if queued > self.factory.config.maxQueue:
+        """Send ``line`` through the member's writer: the one path by which this
+        connection's output leaves. A line that would take what is still queued for
+        the member past ``--chat-max-queue`` cuts the client off."""
+        sender = self.sender
+        if sender is not None and not sender.write(line, self.factory.config.maxQueue):
             self._cutOff()
-        else:
-            self._backlog = _FLOWING
-            transport.write(line)  # type: ignore[union-attr]
-
-    def _deliverCounted(self, line: bytes, backlog: int) -> None:
-        """:meth:`deliver` on a transport whose buffer cannot be read: count what is
-        written once it reported its buffer full, the write that filled it included."""
-        if backlog >= 0:
-            backlog += len(line)
-            if backlog > self.factory.queueAllowance:
-                self._cutOff()
-                return
-            self._backlog = backlog
-            self.transport.write(line)  # type: ignore[union-attr]
-            return
-        self.transport.write(line)  # type: ignore[union-attr]
-        if self._backlog == 0:  # this write filled the buffer (pauseProducing)
-            if len(line) > self.factory.queueAllowance:
-                self._cutOff()
-            else:
-                self._backlog = len(line)
 
     def close(self) -> None:
         """The member has left the chat: free its connection slots now, and close once
         its client has taken what is queued, or abort after ``--chat-close-grace``."""
         transport = self.transport
         assert transport is not None
-        transport.unregisterProducer()  # type: ignore[attr-defined]
-        transport.loseConnection()
+        sender = self.sender
+        if sender is None:
+            transport.loseConnection()
+        else:
+            sender.loseConnection()
         self._release()
-        if self._abortCall is None and self._backlog != _CUT:
+        if self._abortCall is None and sender is not None:
             factory = self.factory
             self._abortCall = factory.clock.callLater(
                 factory.config.closeGrace,
@@ -306,7 +246,7 @@ class ChatProtocol(LineReceiver):
             self.factory.release(self)
 
     def _cutOff(self) -> None:
-        self._backlog = _CUT
+        self.sender = None
         self._reason = "too slow reading"
         self.factory.logSummary.emit(
             (self.source, "chat: cut off (too slow reading)"),
@@ -321,19 +261,3 @@ class ChatProtocol(LineReceiver):
     def timedOut(self) -> None:
         """The idle sweep is dismissing this member: its end is logged as an idle timeout."""
         self._reason = "idle timeout"
-
-    # -- IPushProducer: the transport's signals about its output buffer ------------------
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full: where it cannot be read, count what is
-        written from now on (see :meth:`_deliverCounted`)."""
-        if self._backlog == _FLOWING and self._socket is None:
-            self._backlog = 0
-
-    def resumeProducing(self) -> None:
-        """The transport's buffer is empty again."""
-        if self._backlog >= 0:
-            self._backlog = _FLOWING
-
-    def stopProducing(self) -> None:
-        """The connection is gone; :meth:`connectionLost` does the rest."""

@@ -16,7 +16,7 @@ from twisted.logger import Logger, LogLevel
 
 from netproto.addresses import describeAddress
 from netproto.chat.config import ChatConfig
-from netproto.chat.protocol import TRANSPORT_BUFFER, ChatProtocol
+from netproto.chat.protocol import ChatProtocol
 from netproto.chat.state import ChatServer, errorLine
 from netproto.logsummary import RepeatSummary, sourceOf
 from netproto.services import ServerContext
@@ -77,7 +77,6 @@ class ChatFactory(ServerFactory):
         # interval of slack keeps float rounding from eating the burst's last line.
         self.lineInterval = 1.0 / config.rate if config.rate else 0.0
         self.burstTolerance = (config.burst - 0.5) * self.lineInterval
-        self.queueAllowance = max(0, config.maxQueue - TRANSPORT_BUFFER)
         self._sweeper: LoopingCall | None = None
         self._sweeping: IDelayedCall | None = None  # the next turn of a sweep pass
 

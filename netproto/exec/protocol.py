@@ -23,10 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netproto.codec import decodeJSON
 from netproto.errors import ProtocolError
 from netproto.exec.audit import StartLog
-from netproto.exec.output import FrameWriter
-from netproto.codec import decodeJSON
 from netproto.framing import FramedProtocol, FrameHandler, State
 
 if TYPE_CHECKING:
@@ -126,14 +125,11 @@ class ExecProtocol(FramedProtocol):
         #: Whether the running command still takes ``0`` frames.
         self.stdinOpen = False
         self._closedWaiters: list[Deferred[None]] = []
-        #: Where every frame of this connection goes (see :mod:`netproto.exec.output`).
-        self.output: FrameWriter | None = None
         #: The running command's stdin pipe reading this connection, if it has one.
         self.reading: ClientReading | None = None
         self._startLog: StartLog | None = None
 
     def connectionMade(self) -> None:
-        self.output = FrameWriter(self.transport)
         super().connectionMade()
         self.factory.connections.add(self)
 
@@ -142,12 +138,6 @@ class ExecProtocol(FramedProtocol):
         if self._startLog is None:
             self._startLog = StartLog(log, self.factory.context.reactor, self.peer, user)
         return self._startLog
-
-    def sendFrame(self, kind: bytes, payload: bytes = b"") -> None:
-        """Every frame, the hello and errors included, goes through :attr:`output`,
-        so that frames sent straight to the socket keep their order."""
-        if self.output is not None:
-            self.output.send(kind, payload)
 
     def whenClosed(self) -> Deferred[None]:
         """Fires once this connection is closed."""
@@ -178,8 +168,8 @@ class ExecProtocol(FramedProtocol):
         self.stdinOpen = prepared.stdin
         # Backpressure: while this connection cannot take more, the
         # command's output is not read (and the command blocks on its pipe).
-        assert self.output is not None
-        self.output.setOutput(self.command)
+        assert self.sender is not None
+        self.sender.setOutput(self.command)
 
     def _stdin(self, payload: bytes) -> None:
         command = self.command
@@ -236,8 +226,8 @@ class ExecProtocol(FramedProtocol):
         self.command = None
         self.stdinOpen = False
         self.reading = None
-        if self.output is not None and self.transport is not None:
-            self.output.setOutput(None)
+        if self.sender is not None:
+            self.sender.setOutput(None)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self._startLog is not None:
