@@ -32,8 +32,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
+from netproto.errors import ProtocolError
 from netproto.upload.names import RESERVED_PREFIX, partialName
-from netproto.upload.protocol import Phase
+from netproto.upload.protocol import PHASES, Phase, Step, UploadProtocol
 from tests.test_upload_protocol import Connection, Harness, StepExecutor
 
 NAMES = ["a", "b", "d/a", "d/e/f", "d", "é/ü", "../x", "", ".netproto-x", "a/", "a//b"]
@@ -292,3 +293,45 @@ UploadMachine.TestCase.settings = settings(
     deadline=None,
 )
 test_upload_state_machine = pytest.mark.slow(UploadMachine.TestCase)
+
+
+# -- the table itself ----------------------------------------------------------------
+
+
+def test_the_phase_table_is_whole() -> None:
+    """Every phase is reachable from IDLE, and a lost connection ends the file
+    in any phase."""
+    assert all(PHASES[phase][Step.LOST] is Phase.IDLE for phase in Phase)
+    reached, todo = {Phase.IDLE}, [Phase.IDLE]
+    while todo:
+        for target in PHASES[todo.pop()].values():
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    assert reached == set(Phase)
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("kind", [b"P", b"D", b"F"])
+def test_the_table_decides_which_frames_are_valid(phase: Phase, kind: bytes) -> None:
+    """A frame the table lists for a phase moves to the phase it names; any
+    other is ``bad-frame`` and leaves the phase alone."""
+    proto = UploadProtocol()
+    proto.phase = phase
+    expected = PHASES[phase].get(kind)
+    if expected is None:
+        with pytest.raises(ProtocolError) as caught:
+            proto._nextPhase(kind)
+        assert caught.value.code == "bad-frame"
+        assert proto.phase is phase
+    else:
+        proto._nextPhase(kind)
+        assert proto.phase is expected
+
+
+def test_a_step_the_table_does_not_list_is_a_bug() -> None:
+    """The phase only changes as the table says: a step it does not list raises."""
+    proto = UploadProtocol()
+    with pytest.raises(RuntimeError, match="no upload phase change"):
+        proto._nextPhase(Step.STORED)
+    assert proto.phase is Phase.IDLE
