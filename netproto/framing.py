@@ -91,7 +91,7 @@ class State(enum.Enum):
     """Where a framed connection is in its life.
 
     Frames are read only in UNAUTHENTICATED and READY; in the other states
-    what arrives stays in the decoder's buffer (and counts against its limit).
+    what arrives stays in the decoder's buffer, unread.
     """
 
     UNAUTHENTICATED = "unauthenticated"
