@@ -1,12 +1,14 @@
 """Processes by pid and group, through ``os`` and ``/proc`` alone (Linux).
 
-Signalling a process group, telling whether it still has members, and a
-process's start time (which, with its pid, tells it from a later process
-given the same pid). Light on purpose: the guardian imports it.
+Signalling a process group, telling whether it still has members, reaping
+it and the orphans that came to this process, and a process's start time
+(which, with its pid, tells it from a later process given the same pid).
+Light on purpose: the guardian imports it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Container
 
@@ -78,3 +80,65 @@ def startTime(pid: int) -> int | None:
         return None if fields is None else int(fields[19])
     except (IndexError, ValueError):
         return None
+
+
+def reapGroup(pgid: int) -> int:
+    """Reap every exited child of ours in group ``pgid``; how many were reaped.
+
+    Call it only once the group's leader has been reaped by whoever started
+    it, or this could take the leader's status.
+    """
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        except OSError as e:  # pragma: no cover - EINTR is retried by Python
+            if e.errno == errno.EINTR:
+                continue
+            return reaped
+        if info is None:
+            return reaped
+        reaped += 1
+
+
+def reapOrphans(started: Container[int]) -> list[int]:
+    """Reap the exited orphans this process adopted as their subreaper; their pids.
+
+    A subreaper inherits every orphan below it, also processes that left
+    their command's group (``setsid``) and so are no group's member when they
+    exit. Only the children that are neither in this process's own session
+    nor in ``started`` (the processes this server started and reaps itself:
+    its commands, its guardian) are reaped: whatever another part of the
+    server starts directly (``reactor.spawnProcess``, :mod:`subprocess`) is
+    born in the server's session, and left to its starter; what is in another
+    session and was not started here can only have come as an orphan. (A
+    process another part of the server starts in a session of its own, as
+    ``spawnProcess(usePTY=True)`` does, cannot be told from an orphan: see
+    ``docs/exec.md``.) Linux only (``/proc/self/task/*/children``); elsewhere
+    nothing is done.
+    """
+    reaped: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+        ownSession = os.getsid(0)
+    except OSError:
+        return reaped
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in children:
+            fields = None if pid in started else _stat(pid)
+            # Fields from the state on: state, ppid, process group, session.
+            if fields is None or fields[0] != b"Z" or int(fields[3]) == ownSession:
+                continue
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except ChildProcessError:
+                continue
+    return reaped

@@ -28,19 +28,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-from twisted.internet import process as twistedProcess
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from netproto.codec import DEFAULT_MAX_FRAME
 from netproto.errors import ErrorCode, ProtocolError
+from netproto.exec import procs as _procs
 from netproto.exec import spawn as _spawn
 from netproto.exec.confine import Confinement, Guardian, instance
 from netproto.exec.policy import ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol
 from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.transport import CommandTransport
-from netproto.codec import DEFAULT_MAX_FRAME
 from netproto.framing import FramedFactory
 from netproto.services import ServerContext, ServiceError
 
@@ -73,7 +73,7 @@ class ExecFactory(FramedFactory):
     protocol = ExecProtocol
     log = Logger()
     #: Seconds between looks for exited processes that had left their command's
-    #: group (see :func:`netproto.exec.spawn.reapStrays`), and for the cgroups
+    #: group (see :func:`netproto.exec.procs.reapOrphans`), and for the cgroups
     #: of ended commands that have emptied since.
     strayReapInterval: float = 10.0
 
@@ -172,10 +172,10 @@ class ExecFactory(FramedFactory):
             self.guardian.check()
         if not self.subreaper:
             return
-        keep = set(self.commands) | set(getattr(twistedProcess, "reapProcessHandlers", {}))
+        started = set(self.commands)
         if self.guardian is not None and self.guardian.pid is not None:
-            keep.add(self.guardian.pid)
-        for pid in _spawn.reapStrays(keep):
+            started.add(self.guardian.pid)
+        for pid in _procs.reapOrphans(started):
             self.log.info("exec: reaped {pid}, a process that had left its command", pid=pid)
 
     def endAll(self) -> Deferred[None]:
@@ -284,7 +284,7 @@ class ExecFactory(FramedFactory):
         proto.startLog(self.log, user).started(transport.pid, prepared.describe())
         started = reactor.seconds()
         peer = proto.peer
-        transport.onGone = lambda: self._commandGone(transport, user, peer, started, release)
+        transport.reaper.onGone = lambda: self._commandGone(transport, user, peer, started, release)
         return bridge
 
     def _commandGone(

@@ -24,12 +24,12 @@ reads the output pipes 8 KiB at a time. Instead:
   Twisted's own reaping (which only waits for the pids it spawned) is left
   alone. :meth:`Spawned.poll` reaps the command's first process
   (``waitpid(WNOHANG)``).
-* :func:`reapGroup` reaps what is left of a command's process group
-  (:mod:`netproto.exec.procs` signals it). :func:`becomeSubreaper` makes
-  the server the reaper of its commands' orphans (Linux ``prctl``), so a
-  background child whose shell has gone is reparented to us, not to PID 1,
-  and :func:`reapGroup` can wait for it: no zombie stays behind even when
-  PID 1 does not reap (as in many containers).
+* :func:`becomeSubreaper` makes the server the reaper of its commands'
+  orphans (Linux ``prctl``), so a background child whose shell has gone is
+  reparented to us, not to PID 1, and :mod:`netproto.exec.procs` can reap it
+  (with its group, or as an orphan): no zombie stays behind even when PID 1
+  does not reap (as in many containers). Ending a group is
+  :mod:`netproto.exec.reaper`'s.
 
 A process that leaves the group (``setsid``, ``setpgid``, as daemons and
 job-control shells do) is not signalled with it; only a cgroup
@@ -46,10 +46,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
-
-from netproto.exec.procs import isZombie
 
 #: Size asked for an output pipe once a read finds it full (``F_SETPIPE_SZ``):
 #: a command writing fast then fills 1 MiB before it blocks, and each read
@@ -408,58 +406,6 @@ def pidfdOpen(pid: int) -> int | None:
     except OSError:
         return None
     return fd
-
-
-def reapGroup(pgid: int) -> int:
-    """Reap every exited child of ours in group ``pgid``; how many were reaped.
-
-    Call it only once the group's leader has been reaped through its
-    :class:`subprocess.Popen`, or this could take the leader's status.
-    """
-    reaped = 0
-    while True:
-        try:
-            info = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        except OSError as e:  # pragma: no cover - EINTR is retried by Python
-            if e.errno == errno.EINTR:
-                continue
-            return reaped
-        if info is None:
-            return reaped
-        reaped += 1
-
-
-def reapStrays(keep: Container[int]) -> list[int]:
-    """Reap zombie children of this process that nobody else waits for; their pids.
-
-    A subreaper inherits every orphan below it, also processes that left
-    their command's group (``setsid``) and so are no group's member when they
-    exit. ``keep`` names the children someone else reaps (commands not yet
-    reaped through their ``Popen``, Twisted's own processes). Linux only
-    (``/proc/self/task/*/children``); elsewhere nothing is done.
-    """
-    reaped: list[int] = []
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return reaped
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                children = [int(pid) for pid in f.read().split()]
-        except (OSError, ValueError):
-            continue
-        for pid in children:
-            if pid in keep or not isZombie(pid):
-                continue
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    reaped.append(pid)
-            except ChildProcessError:
-                continue
-    return reaped
 
 
 @functools.cache

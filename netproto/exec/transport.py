@@ -11,11 +11,13 @@ both output pipes are closed). What it does differently, and why:
 * each read takes up to ``readSize`` bytes (a whole frame, 256 KiB by
   default) instead of Twisted's 8 KiB, so output costs one read and one frame
   per chunk;
-* signals go to the command's process group, not only to its first process;
-* :meth:`CommandTransport.terminate` ends the group: ``SIGTERM``, then
-  ``SIGKILL`` after ``killGrace`` seconds; and once the command has ended,
-  whatever is left of its group is ended the same way and reaped. ``whenGone``
-  fires when nothing of the group remains.
+* signals go to the command's process group, not only to its first process,
+  and never to an empty group once the first process is reaped (the group id
+  may be another's then: :class:`~twisted.internet.error.ProcessExitedAlready`);
+* ending the group (``SIGTERM``, ``SIGKILL`` after ``killGrace`` seconds, the
+  sweep of what is left once the command has ended) is its
+  :class:`~netproto.exec.reaper.GroupReaper`'s; ``whenGone`` fires when
+  nothing of the group remains.
 
 Pausing (:meth:`CommandTransport.pauseProducing`) stops reading both output
 pipes; the command then blocks once its pipe is full: backpressure.
@@ -24,14 +26,13 @@ pipes; the command then blocks once its pipe is full: backpressure.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from twisted.internet import fdesc, main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -40,27 +41,15 @@ from twisted.internet.interfaces import (
     IReadDescriptor,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netproto.exec import procs as _procs
 from netproto.exec import spawn as _spawn
+from netproto.exec.reaper import GroupReaper, Phase
 from netproto.exec.spawn import Spawned
 
-#: How often a group whose leader has gone is checked for remaining members
-#: (they are not ours to be told about): first after this many seconds, then
-#: doubling up to :data:`GROUP_POLL_MAX`.
-GROUP_POLL_FIRST: Final = 0.005
-GROUP_POLL_MAX: Final = 0.25
 #: Without pidfds, how often the leader is polled for its exit.
 EXIT_POLL: Final = 0.01
-#: After ``SIGKILL``, how long a group may still show members (processes we
-#: may not signal, zombies of a parent that does not reap) before it is
-#: given up on with a warning.
-GIVE_UP_AFTER_KILL: Final = 5.0
-
-log = Logger()
 
 
 @implementer(IReadDescriptor)
@@ -266,26 +255,15 @@ class CommandTransport:
         self.reactor = reactor
         self.pid: int = spawned.pid
         self.proto = proto
-        self.killGrace = killGrace
         self.returncode: int | None = None
         self.ended = False
-        self.gone = False
-        self.terminating = False
         self._child = spawned
         self._openOutputs = 2
         self._paused = False
-        self._killTimer: IDelayedCall | None = None
-        self._pollTimer: IDelayedCall | None = None
         self._exitTimer: IDelayedCall | None = None
-        self._drainTimer: IDelayedCall | None = None
-        self._pollDelay = GROUP_POLL_FIRST
-        self._drainDelay = GROUP_POLL_FIRST
-        self._killedAt: float | None = None
-        self._goneWaiters: list[Deferred[None]] = []
-        #: Called (no arguments) once the group is gone, before the
-        #: :meth:`whenGone` Deferreds: the factory's per-command bookkeeping,
-        #: without a Deferred per command.
-        self.onGone: Callable[[], None] | None = None
+        #: Ends the command's group (its ``onGone`` is the factory's bookkeeping).
+        self.reaper = GroupReaper(self.pid, reactor, killGrace, pollLeader=self._pollLeader)
+        self.reaper.onEmptied = self._giveUpOutput
         self._ended: Failure | None = None
         self._stdin: PipeWriter | None = None
         if spawned.stdin is not None:
@@ -384,59 +362,40 @@ class CommandTransport:
 
     # -- signals and the end -------------------------------------------------
 
+    @property
+    def gone(self) -> bool:
+        """Whether nothing of the command's group is left."""
+        return self.reaper.gone
+
+    @property
+    def terminating(self) -> bool:
+        """Whether the server has started ending the group (``SIGTERM`` or ``SIGKILL`` sent)."""
+        return self.reaper.phase is not Phase.RUNNING
+
     def signalProcess(self, signalID: str | int) -> None:
         """Signal the command's whole process group (``"INT"``, ``"KILL"``, ... or a number).
 
         ``SIGKILL`` also gives up on output pipes still held, once the group
         is gone, by processes that left it: the command then ends.
+
+        :raises ProcessExitedAlready: the group is gone, or empty with its
+            first process reaped (its id may be another group's by now).
         """
         number = signalID if isinstance(signalID, int) else _spawn.signalNumber(signalID)
-        if self.gone:
-            return
-        if number == signal.SIGKILL:
-            self._kill()
-        else:
-            _procs.killGroup(self.pid, number)
+        if not self.reaper.signal(number):
+            raise ProcessExitedAlready()
 
     def terminate(self) -> None:
         """End the command's group: ``SIGTERM`` now, ``SIGKILL`` after the grace period."""
-        if self.gone:
-            return
-        if not self.terminating:
-            self.terminating = True
-            _procs.killGroup(self.pid, signal.SIGTERM)
-            self._killTimer = self.reactor.callLater(self.killGrace, self._kill)
+        self.reaper.terminate()
         if self._stdin is not None:
             self._stdin.abort()
 
-    def _kill(self) -> None:
-        if self._killTimer is not None and self._killTimer.active():
-            self._killTimer.cancel()
-        self._killTimer = None
-        if self._killedAt is None:
-            self._killedAt = self.reactor.seconds()
-        _procs.killGroup(self.pid, signal.SIGKILL)
-        if self._drainTimer is None and not self.ended:
-            self._drainTimer = self.reactor.callLater(self._drainDelay, self._drainAfterKill)
-
-    def _drainAfterKill(self) -> None:
-        """After ``SIGKILL``: once the leader is reaped and its group is empty, output
-        pipes still open are held by processes outside the group; stop waiting for them."""
-        self._drainTimer = None
-        if self.ended or self.gone:
-            return
-        killedFor = self.reactor.seconds() - (self._killedAt or 0.0)
-        self._checkExit()
-        if self.ended or self.gone:
-            return
-        if self.returncode is not None:
-            _spawn.reapGroup(self.pid)
-            if not _procs.groupAlive(self.pid) or killedFor > GIVE_UP_AFTER_KILL:
-                for reader in self._readers.values():
-                    reader.close()
-                return
-        self._drainDelay = min(self._drainDelay * 2, GROUP_POLL_MAX)
-        self._drainTimer = self.reactor.callLater(self._drainDelay, self._drainAfterKill)
+    def _giveUpOutput(self) -> None:
+        """After ``SIGKILL`` the group is empty, yet an output pipe is open: held
+        by a process that left the group. Stop waiting for it; the command ends."""
+        for reader in self._readers.values():
+            reader.close()
 
     def loseConnection(self) -> None:
         self.terminate()
@@ -454,6 +413,11 @@ class CommandTransport:
         else:
             self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
 
+    def _pollLeader(self) -> bool:
+        """For the reaper: reap the first process if it has exited; whether it is reaped."""
+        self._checkExit()
+        return self.returncode is not None
+
     def _checkExit(self) -> None:
         if self.returncode is not None:
             return
@@ -461,6 +425,7 @@ class CommandTransport:
         if returncode is None:
             return
         self.returncode = returncode
+        self.reaper.leaderReaped()
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
@@ -508,62 +473,11 @@ class CommandTransport:
         if self._stdin is not None:
             self._stdin.abort()
         self.proto.processEnded(self._reason())
-        self._sweep()
-
-    def _sweep(self) -> None:
-        """After the end: reap and end whatever is left of the group, until none is."""
-        self._pollTimer = None
-        # Most groups are empty once their first process is reaped: one
-        # signal-0 says so; only a group with members (zombies count) is reaped.
-        if not _procs.groupAlive(self.pid):
-            self._gone()
-            return
-        _spawn.reapGroup(self.pid)
-        if not _procs.groupAlive(self.pid):
-            self._gone()
-            return
-        if not self.terminating:
-            log.info(
-                "exec: command {pid} ended; ending what is left of its process group",
-                pid=self.pid,
-            )
-            self.terminate()
-        if (
-            self._killedAt is not None
-            and self.reactor.seconds() - self._killedAt > GIVE_UP_AFTER_KILL
-        ):
-            log.warn(
-                "exec: process group {pid} still has members {seconds} s after SIGKILL; "
-                "giving up on it",
-                pid=self.pid,
-                seconds=GIVE_UP_AFTER_KILL,
-            )
-            self._gone()
-            return
-        self._pollTimer = self.reactor.callLater(self._pollDelay, self._sweep)
-        self._pollDelay = min(self._pollDelay * 2, GROUP_POLL_MAX)
-
-    def _gone(self) -> None:
-        self.gone = True
-        for timer in (self._killTimer, self._pollTimer, self._exitTimer, self._drainTimer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._killTimer = self._pollTimer = self._exitTimer = self._drainTimer = None
-        onGone, self.onGone = self.onGone, None
-        if onGone is not None:
-            onGone()
-        waiters, self._goneWaiters = self._goneWaiters, []
-        for d in waiters:
-            d.callback(None)
+        self.reaper.commandEnded()
 
     def whenGone(self) -> Deferred[None]:
         """Fires once the command and every process of its group are gone and reaped."""
-        d: Deferred[None] = Deferred()
-        if self.gone:
-            d.callback(None)
-        else:
-            self._goneWaiters.append(d)
-        return d
+        return self.reaper.whenGone()
 
     # -- ITransport odds and ends ----------------------------------------------
 
