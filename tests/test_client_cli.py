@@ -6,13 +6,16 @@ import argparse
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from netproto.auth import readUsersFile, verifyPassword
+from netproto.client.cli import clientCommands, main
 from netproto.client.connection import credentials, parseServer
 from netproto.client.framed import ClientError
+from netproto.services import discoverServices
 from tests.support import NETPROTO, runTwistd, twistdEnv
 
 
@@ -132,3 +135,74 @@ def test_wrong_port_and_wrong_token_are_explained(tmp_path: Path) -> None:
         assert bad.returncode == 255
         assert "auth-failed" in bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.e2e
+def test_an_upload_refused_as_existing_names_overwrite(tmp_path: Path) -> None:
+    """A file that exists on the server: the refusal tells the user about --overwrite."""
+    source = tmp_path / "notes.txt"
+    source.write_text("twice")
+    with runTwistd(tmp_path, services=("upload",)) as server:
+        command = [NETPROTO, "upload", "-q", "--server", f"127.0.0.1:{server.port('upload')}"]
+        env = twistdEnv(tmp_path / "home")
+        for expected in (0, 1):
+            result = subprocess.run(
+                [*command, str(source)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+            assert result.returncode == expected, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "exists" in result.stderr
+    assert "--overwrite" in result.stderr
+
+
+def test_netproto_help_reads_only_the_declarations() -> None:
+    """``netproto --help`` lists every service's subcommand without importing any
+    subcommand's module; running one imports that one only."""
+    probe = (
+        "import sys\n"
+        "from netproto.client import cli\n"
+        "try:\n"
+        "    cli.main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.endswith('.client') and 'netproto.' in m))\n"
+    )
+    listing = subprocess.run(
+        [sys.executable, "-c", probe, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert "chat" in listing.stdout
+    assert "upload files and directories" in listing.stdout
+    assert listing.stdout.splitlines()[-1] == "['netproto.client']"
+    one = subprocess.run(
+        [sys.executable, "-c", probe, "upload", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--overwrite" in one.stdout
+    assert one.stdout.splitlines()[-1] == "['netproto.client', 'netproto.upload.client']"
+
+
+@pytest.mark.parametrize("command", [[], ["chat"], ["exec"], ["upload"], ["passwd"]])
+def test_help_is_plain_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Help is read in a terminal: no reST markup (double backticks) in it."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "usage: netproto" in out
+    assert "``" not in out
+
+
+def test_the_services_bring_their_subcommands() -> None:
+    """chat, exec and upload declare their subcommands in their plugins, as a
+    third-party service would; the client lists none by hand."""
+    commands = clientCommands()
+    assert list(commands) == ["chat", "exec", "upload"]
+    for name, command in commands.items():
+        assert discoverServices()[name].client is command
+        assert command.module == f"netproto.{name}.client"

@@ -1,14 +1,20 @@
-"""The chat service's plugin declaration and its ``twistd netproto`` options.
+"""The chat service's plugin declaration: its ``twistd netproto`` options and
+its ``netproto chat`` subcommand.
 
 This module is imported whenever plugins are discovered (``twistd --help``), so it
-imports nothing but the plugin API and the options' coerce functions.
+imports nothing but the plugin API, the options' coerce functions and the chat's
+limits (:class:`~netproto.chat.config.ChatConfig`, a plain dataclass), whose
+defaults are the options' defaults: written once, there, with their reasons.
 Every limit is explained in ``docs/chat.md``.
 """
 
 from __future__ import annotations
 
+from netproto.chat.config import ChatConfig
 from netproto.options import count, positive, seconds
-from netproto.services import LazyService
+from netproto.services import ClientCommand, LazyService
+
+_DEFAULT = ChatConfig()
 
 service = LazyService(
     name="chat",
@@ -16,32 +22,35 @@ service = LazyService(
     defaultEndpoint="tcp:8000:interface=127.0.0.1",
     builder="netproto.chat.server.makeFactory",
     enabledByDefault=True,
+    client=ClientCommand(
+        "netproto.chat.client", "join the chat (interactive, or lines from stdin)"
+    ),
     optParameters=[
-        ["chat-history", None, 20,
+        ["chat-history", None, _DEFAULT.history,
          "Messages of a room replayed (marked as history) to a client that joins it; 0 disables.",
          count],
-        ["chat-max-line", None, 4096,
+        ["chat-max-line", None, _DEFAULT.maxLine,
          "Longest input line in bytes; a longer one gets '! line too long' and is dropped.",
          positive],
-        ["chat-max-queue", None, 262144,
+        ["chat-max-queue", None, _DEFAULT.maxQueue,
          "Bytes of output queued for a client that does not read before it is cut off.",
          positive],
-        ["chat-rate", None, 20.0,
+        ["chat-rate", None, _DEFAULT.rate,
          "Lines per second a client may send on average ('! slow down' past it); 0 disables.",
          seconds],
-        ["chat-burst", None, 40,
+        ["chat-burst", None, _DEFAULT.burst,
          "Lines a client may send at once before --chat-rate applies.",
          positive],
-        ["chat-max-clients", None, 10000,
+        ["chat-max-clients", None, _DEFAULT.maxClients,
          "Connections in total; past it a new client gets '! server full'. 0 = no cap.",
          count],
-        ["chat-max-per-address", None, 64,
+        ["chat-max-per-address", None, _DEFAULT.maxPerAddress,
          "Connections from one IP address; past it '! server full'. 0 = no cap.",
          count],
-        ["chat-idle-timeout", None, 0.0,
+        ["chat-idle-timeout", None, _DEFAULT.idleTimeout,
          "Seconds without a line from a client before it is disconnected; 0 disables.",
          seconds],
-        ["chat-close-grace", None, 5.0,
+        ["chat-close-grace", None, _DEFAULT.closeGrace,
          "Seconds a closing client has to read what is queued for it before it is aborted.",
          seconds],
     ],

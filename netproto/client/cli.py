@@ -1,8 +1,10 @@
-"""``netproto``: the bundled client. One subcommand per service, plus ``passwd``.
+"""netproto: the bundled client. One subcommand per service that brings one, plus passwd.
 
-Each service's subcommand lives beside its server, in ``netproto/SERVICE/client.py``,
-which provides ``configure(parser)`` and ``async run(reactor, args) -> int``.
-Any failure is one line on stderr and a non-zero exit status, never a traceback.
+A service brings its subcommand through its plugin declaration
+(:class:`netproto.services.ClientCommand`): chat, exec and upload as any
+third-party plugin. Only the chosen subcommand's module is imported, so
+``netproto --help`` reads nothing but the declarations. Any failure is one
+line on stderr and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import getpass
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +23,44 @@ from twisted.internet import defer, task
 from netproto import __version__
 from netproto.auth import AuthSetupError, writeUser
 from netproto.client.framed import ClientError
+from netproto.services import ClientCommand, ServiceError, discoverServices
 
-#: subcommand -> (module, one-line help)
-SUBCOMMANDS = {
-    "chat": ("netproto.chat.client", "join the chat (interactive, or lines from stdin)"),
-    "exec": ("netproto.exec.client", "run a command on the server, like ssh HOST CMD"),
-    "upload": ("netproto.upload.client", "upload files and directories, verified"),
-}
+#: The subcommand netproto itself brings (no service behind it).
+OWN_COMMAND = "passwd"
 
 
-def buildParser() -> argparse.ArgumentParser:
+def clientCommands() -> dict[str, ClientCommand]:
+    """The subcommand of every service plugin that declares one, by service name."""
+    try:
+        services = discoverServices()
+    except ServiceError as e:
+        raise ClientError(str(e)) from None
+    commands = {}
+    for name, service in services.items():
+        command = getattr(service, "client", None)  # optional in INetprotoService
+        if command is None:
+            continue
+        if name == OWN_COMMAND:
+            raise ClientError(f"the service plugin {name!r} takes the name of a built-in command")
+        commands[name] = command
+    return commands
+
+
+def buildParser(
+    commands: Mapping[str, ClientCommand], chosen: str | None = None
+) -> argparse.ArgumentParser:
+    """The parser of every subcommand; only ``chosen``'s module is imported and
+    configured (its arguments are the only ones parsed)."""
     parser = argparse.ArgumentParser(prog="netproto", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"netproto {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (moduleName, helpText) in SUBCOMMANDS.items():
-        module = importlib.import_module(moduleName)
-        p = sub.add_parser(name, help=helpText, description=helpText)
-        module.configure(p)
-        p.set_defaults(module=module)
-    p = sub.add_parser("passwd", help="add or change a user in a users file (for --users)")
+    for name, command in commands.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if name == chosen:
+            module = importlib.import_module(command.module)
+            module.configure(p)
+            p.set_defaults(module=module)
+    p = sub.add_parser(OWN_COMMAND, help="add or change a user in a users file (for --users)")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(module=None)
@@ -64,8 +85,15 @@ def passwd(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    parser = buildParser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        commands = clientCommands()
+    except ClientError as e:
+        print(f"netproto: {e}", file=sys.stderr)
+        sys.exit(e.exitCode)
+    # The top-level parser takes no option with a value: the first other word names the command.
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    args = buildParser(commands, chosen).parse_args(argv)
     try:
         if args.module is None:
             code = passwd(args)

@@ -1,11 +1,23 @@
-"""The exec service's plugin declaration and its ``twistd netproto`` options.
+"""The exec service's plugin declaration: its ``twistd netproto`` options and
+its ``netproto exec`` subcommand.
 
 Every option is described in ``docs/exec.md``; the policy they make is
-:class:`netproto.exec.policy.ExecPolicy`.
+:class:`netproto.exec.policy.ExecPolicy`, whose constants are the defaults
+(written once, there, with their reasons; the policy module imports only the
+standard library, so discovery stays light).
 """
 
+from netproto.exec.policy import (
+    DEFAULT_ENV_PASS,
+    DEFAULT_KILL_GRACE,
+    DEFAULT_MAX_PROCS,
+    DEFAULT_MAX_PROCS_PER_USER,
+    DEFAULT_MAX_TASKS,
+    DEFAULT_PATH,
+    RESTRICTED_ENV_ACCEPT,
+)
 from netproto.options import positive, seconds
-from netproto.services import LazyService
+from netproto.services import ClientCommand, LazyService
 
 service = LazyService(
     name="exec",
@@ -13,6 +25,7 @@ service = LazyService(
     defaultEndpoint="tcp:8001:interface=127.0.0.1",
     builder="netproto.exec.server.makeFactory",
     enabledByDefault=True,
+    client=ClientCommand("netproto.exec.client", "run a command on the server, like ssh HOST CMD"),
     optParameters=[
         [
             "exec-allow",
@@ -29,11 +42,17 @@ service = LazyService(
             "0: no limit.",
             seconds,
         ],
-        ["exec-max-procs", None, 64, "Most commands running at once, server-wide.", positive],
+        [
+            "exec-max-procs",
+            None,
+            DEFAULT_MAX_PROCS,
+            "Most commands running at once, server-wide.",
+            positive,
+        ],
         [
             "exec-max-procs-per-user",
             None,
-            16,
+            DEFAULT_MAX_PROCS_PER_USER,
             "Most commands of one user running at once.",
             positive,
         ],
@@ -44,7 +63,7 @@ service = LazyService(
             "Most tasks (processes and threads) one command may have at once: its pids "
             "cgroup's pids.max where the server may create cgroups, else (given, and not "
             "root) RLIMIT_NPROC, which counts every process of the server's user. "
-            "[default: 256 with a cgroup, no bound without]",
+            f"[default: {DEFAULT_MAX_TASKS} with a cgroup, no bound without]",
             positive,
         ],
         [
@@ -54,25 +73,25 @@ service = LazyService(
             "Directory commands start in; a client's relative cwd starts from it. "
             "[default: the server's $HOME]",
         ],
-        ["exec-path", None, None, "PATH of the commands. [default: /usr/local/bin:/usr/bin:/bin]"],
+        ["exec-path", None, None, f"PATH of the commands. [default: {DEFAULT_PATH}]"],
         [
             "exec-env-pass",
             None,
             None,
             "Comma-separated variables passed from the server's environment to commands. "
-            "[default: LANG,LC_ALL,TZ]",
+            f"[default: {','.join(DEFAULT_ENV_PASS)}]",
         ],
         [
             "exec-env-accept",
             None,
             None,
             "Comma-separated names (fnmatch patterns) of the variables a client may set. "
-            "[default: * without --exec-allow; LANG,LC_*,TZ with it]",
+            f"[default: * without --exec-allow; {','.join(RESTRICTED_ENV_ACCEPT)} with it]",
         ],
         [
             "exec-kill-grace",
             None,
-            5.0,
+            DEFAULT_KILL_GRACE,
             "Seconds between SIGTERM and SIGKILL when a command's process group is ended.",
             seconds,
         ],

@@ -1,8 +1,17 @@
-"""The services shipped with netproto, registered like any third-party plugin."""
+"""The services shipped with netproto, registered like any third-party plugin.
 
-from netproto.chat.plugin import service as chat
+Each declaration lives beside its service, as ``service`` in
+``netproto/NAME/plugin.py``; ``getPlugins`` finds a dropin's plugins among its
+module attributes, so this dropin names each one for its service.
+"""
+
+import netproto.chat.plugin
+import netproto.exec.plugin
+import netproto.upload.plugin
 from netproto.examples.plugin import dgramEcho, echo
-from netproto.exec.plugin import service as exec_
-from netproto.upload.plugin import service as upload
 
-__all__ = ["chat", "dgramEcho", "echo", "exec_", "upload"]
+chatService = netproto.chat.plugin.service
+execService = netproto.exec.plugin.service
+uploadService = netproto.upload.plugin.service
+
+__all__ = ["chatService", "dgramEcho", "echo", "execService", "uploadService"]

@@ -361,7 +361,11 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
                 size, digest = await sendFile(reactor, client, job, args)
             except ServerError as e:
                 failed += 1
-                print(f"netproto upload: {job.path}: {e.code}: {e.serverMessage}", file=sys.stderr)
+                hint = " (--overwrite replaces a file)" if e.code == "exists" else ""
+                print(
+                    f"netproto upload: {job.path}: {e.code}: {e.serverMessage}{hint}",
+                    file=sys.stderr,
+                )
                 if not client.connected:
                     raise ClientError("the server closed the connection") from None
                 continue
