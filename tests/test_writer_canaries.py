@@ -47,9 +47,8 @@ def read(s: socket.socket, limit: int = 1 << 20) -> bytes:
 
 
 def tcpPair(made: list[Accepted], tmp: Path) -> tuple[Any, socket.socket]:
-    port = reactor.listenTCP(  # type: ignore[attr-defined]
-        0, Factory.forProtocol(lambda: Accepted(made)), interface="127.0.0.1"
-    )
+    listener: Any = reactor
+    port = listener.listenTCP(0, Factory.forProtocol(lambda: Accepted(made)), interface="127.0.0.1")
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
     client.setblocking(False)
@@ -59,7 +58,8 @@ def tcpPair(made: list[Accepted], tmp: Path) -> tuple[Any, socket.socket]:
 
 def unixPair(made: list[Accepted], tmp: Path) -> tuple[Any, socket.socket]:
     path = str(tmp / "s")
-    port = reactor.listenUNIX(path, Factory.forProtocol(lambda: Accepted(made)))  # type: ignore[attr-defined]
+    listener: Any = reactor
+    port = listener.listenUNIX(path, Factory.forProtocol(lambda: Accepted(made)))
     client = socket.socket(socket.AF_UNIX)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
     client.connect(path)
@@ -85,7 +85,8 @@ async def test_a_socket_server_transport_is_as_the_writer_assumes(
     try:
         (proto,) = await eventually(lambda: made)
         transport: Any = proto.transport
-        assert type(transport) is kind and kind in DIRECT_TRANSPORTS
+        actual: type = type(transport)
+        assert actual is kind and kind in DIRECT_TRANSPORTS
         sock = directSocket(transport)
         assert sock is transport.getHandle() and sock is not None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
