@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
+from netproto.chat.config import OPTIONS, ChatConfig
+from netproto.exec.policy import ExecPolicy
 from netproto.services import INetprotoService, discoverServices
-from netproto.testing import checkService
+from netproto.testing import checkService, defaultOptions, makeContext
+from netproto.upload.server import makeFactory as makeUploadFactory
 from tests.support import TWISTD, runTwistd, twistdEnv
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
@@ -147,3 +154,73 @@ def _readLine(s: socket.socket) -> bytes:
     line, rest = buf.split(b"\n", 1)
     _pending[s.fileno()] = rest
     return line + b"\n"
+
+
+# -- each service's defaults are written once --------------------------------------
+
+
+@pytest.fixture
+def reloaded() -> Iterator[Callable[[ModuleType], ModuleType]]:
+    """Reloads a plugin module (to see what it reads at import), and reloads it
+    again afterwards, once the test's monkeypatches are undone."""
+    modules: list[ModuleType] = []
+
+    def reload(module: ModuleType) -> ModuleType:
+        modules.append(module)
+        return importlib.reload(module)
+
+    yield reload
+    for module in modules:
+        importlib.reload(module)
+
+
+def test_chat_option_defaults_are_the_chat_config_s(
+    monkeypatch: pytest.MonkeyPatch, reloaded: Callable[[ModuleType], ModuleType]
+) -> None:
+    """The chat plugin declares ChatConfig's defaults, not copies of them."""
+    import netproto.chat.config
+    import netproto.chat.plugin
+
+    other = {f.name: getattr(ChatConfig(), f.name) * 2 + 1 for f in dataclasses.fields(ChatConfig)}
+    monkeypatch.setattr(netproto.chat.config, "ChatConfig", lambda: SimpleNamespace(**other))
+    declared = defaultOptions(reloaded(netproto.chat.plugin).service)
+    monkeypatch.undo()
+    assert declared == {option: other[attr] for attr, (option, _) in OPTIONS.items()}
+    assert ChatConfig.fromOptions(declared) == ChatConfig(**{a: other[a] for a in OPTIONS})
+
+
+def test_exec_option_defaults_are_the_policy_s(
+    monkeypatch: pytest.MonkeyPatch, reloaded: Callable[[ModuleType], ModuleType]
+) -> None:
+    """The exec plugin declares the policy's constants, and the policy made from
+    no options uses the same ones."""
+    import netproto.exec.plugin
+    import netproto.exec.policy
+
+    monkeypatch.setattr(netproto.exec.policy, "DEFAULT_MAX_PROCS", 3)
+    monkeypatch.setattr(netproto.exec.policy, "DEFAULT_KILL_GRACE", 0.5)
+    declared = defaultOptions(reloaded(netproto.exec.plugin).service)
+    assert (declared["exec-max-procs"], declared["exec-kill-grace"]) == (3, 0.5)
+    policy = ExecPolicy.fromOptions({})
+    assert (policy.maxProcs, policy.killGrace) == (3, 0.5)
+
+
+def test_upload_reads_its_defaults_from_its_declaration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options not given take the upload plugin's declared defaults, not copies."""
+    import netproto.upload.plugin
+
+    declared = netproto.upload.plugin.service
+    changed = {"upload-resume-ttl": 60.0, "upload-min-free": 7, "upload-max-per-user": 2}
+    parameters = [[p[0], p[1], changed.get(p[0], p[2]), *p[3:]] for p in declared.optParameters]
+    monkeypatch.setattr(
+        netproto.upload.plugin, "service", dataclasses.replace(declared, optParameters=parameters)
+    )
+    factory = makeUploadFactory(makeContext(tmp_path))
+    factory.store.close()
+    assert (factory.store.resumeTTL, factory.store.minFree, factory.quotas.maxParallel) == (
+        60.0,
+        7,
+        2,
+    )

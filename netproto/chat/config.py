@@ -9,7 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+#: The ``twistd netproto`` option of each configurable limit, and its type.
+#: Their defaults are :class:`ChatConfig`'s, which the chat plugin declares.
+OPTIONS: Final = {
+    "history": ("chat-history", int),
+    "maxLine": ("chat-max-line", int),
+    "maxQueue": ("chat-max-queue", int),
+    "rate": ("chat-rate", float),
+    "burst": ("chat-burst", int),
+    "maxClients": ("chat-max-clients", int),
+    "maxPerAddress": ("chat-max-per-address", int),
+    "idleTimeout": ("chat-idle-timeout", float),
+    "closeGrace": ("chat-close-grace", float),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +78,8 @@ class ChatConfig:
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> ChatConfig:
         """The config from parsed ``twistd netproto`` options; missing ones keep their defaults."""
-        names = {
-            "history": ("chat-history", int),
-            "maxLine": ("chat-max-line", int),
-            "maxQueue": ("chat-max-queue", int),
-            "rate": ("chat-rate", float),
-            "burst": ("chat-burst", int),
-            "maxClients": ("chat-max-clients", int),
-            "maxPerAddress": ("chat-max-per-address", int),
-            "idleTimeout": ("chat-idle-timeout", float),
-            "closeGrace": ("chat-close-grace", float),
-        }
         values: dict[str, Any] = {}
-        for attr, (option, kind) in names.items():
+        for attr, (option, kind) in OPTIONS.items():
             if options.get(option) is not None:
                 values[attr] = kind(options[option])
         return cls(**values)
