@@ -129,9 +129,9 @@ def test_signals_are_refused_once_the_group_is_empty_after_its_leader_was_reaped
     assert reaper.signal(signal.SIGHUP)  # one member left: the id is still the command's
     group.members = 0
     assert not reaper.signal(signal.SIGINT)
-    assert not reaper.signal(signal.SIGKILL)
     assert group.signals == [signal.SIGINT, signal.SIGHUP]
     reaper.commandEnded()
+    assert not reaper.signal(signal.SIGKILL)
     assert reaper.gone
     assert not reaper.signal(signal.SIGTERM)
     reaper.terminate()

@@ -50,6 +50,10 @@ from netproto.exec.transport import ExitWatcher
 #: Seconds before a guardian that died while the server runs is replaced: a
 #: guardian that cannot start (or dies at once) is retried this often, not in a loop.
 RESTART_DELAY: Final = 1.0
+#: Without a pidfd, how often a guardian let go is looked at until it has
+#: exited and is reaped (it holds nothing; this only keeps it from lingering
+#: as a zombie).
+REAP_LOOK: Final = 0.05
 #: Where registry files live, under the server's data directory.
 REGISTRY_DIR: Final = "exec-running"
 
@@ -266,3 +270,13 @@ class Guardian:
         if self._pipe is not None:
             os.close(self._pipe)
             self._pipe = None
+        if self.child is not None and self._watcher is None:
+            # No pidfd says when it has exited: look (it exits at once, or
+            # once it has ended what was left, within the grace period).
+            self._restart = self.reactor.callLater(REAP_LOOK, self._reapOnceExited)
+
+    def _reapOnceExited(self) -> None:
+        self._restart = None
+        self.check()
+        if self.child is not None:
+            self._restart = self.reactor.callLater(REAP_LOOK, self._reapOnceExited)

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -125,10 +125,17 @@ class CommandProtocol(ProcessProtocol):
         self.timedOut = True
         self.terminate()
 
-    def signal(self, name: str) -> None:
-        """The client's ``S``: signal the command's process group."""
-        if self.transport is not None and self.exitFields is None:
+    def signal(self, name: str) -> bool:
+        """The client's ``S``: signal the command's process group; whether it was
+        sent. Not once the group is gone, nor once it is empty with its first
+        process reaped: its id may be another group's by then (``docs/exec.md``)."""
+        if self.transport is None or self.exitFields is not None:
+            return False
+        try:
             self.transport.signalProcess(name)
+        except ProcessExitedAlready:
+            return False
+        return True
 
     def terminate(self) -> None:
         """End the command's whole process tree (TERM, then KILL after a grace period)."""

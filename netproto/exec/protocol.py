@@ -9,7 +9,9 @@ framed base turns it into the ``E`` frame (``busy``, ``not-found`` and
 Frames that arrive for a command that has just ended (``0``, ``C``, ``S``
 sent before the client read ``X``) are dropped: that is a race, not a
 mistake. A ``0`` for a command started without ``"stdin": true``, or after
-``C``, is a mistake (``bad-frame``).
+``C``, is a mistake (``bad-frame``). An ``S`` is also dropped (and logged)
+once the command's process group is gone, even before ``X`` (its output held
+open by a process that left the group): the group's id may be another's then.
 """
 
 from __future__ import annotations
@@ -202,7 +204,10 @@ class ExecProtocol(FramedProtocol):
                 name=name,
                 pid=self._pid(),
             )
-            self.command.signal(name)
+            if not self.command.signal(name):
+                self.log.info(
+                    "exec: SIG{name} dropped: the command's process group is gone", name=name
+                )
 
     frameHandlers: ClassVar[dict[bytes, FrameHandler]] = {
         b"R": _run,

@@ -167,7 +167,8 @@ class GroupReaper:
             self._killTimer = self.clock.callLater(self.grace, self.kill)
 
     def kill(self) -> bool:
-        """``SIGKILL`` now; then look for the group emptied. Whether it was sent."""
+        """``SIGKILL`` now; then, before the command has ended, look for the group
+        emptied. Whether it did anything (sent, or the looks started)."""
         if self._killTimer is not None and self._killTimer.active():
             self._killTimer.cancel()
         self._killTimer = None
@@ -177,9 +178,11 @@ class GroupReaper:
         if self._killedAt is None:
             self._killedAt = self.clock.seconds()
         sent = self._send(signal.SIGKILL)
-        if self._lookTimer is None and not self._ended:
+        if self._ended:
+            return sent
+        if self._lookTimer is None:
             self._lookTimer = self.clock.callLater(self._lookDelay, self._lookAfterKill)
-        return sent
+        return True
 
     def commandEnded(self) -> None:
         """The command has ended (leader reaped, output pipes closed): sweep the group."""
