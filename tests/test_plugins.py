@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -19,7 +21,7 @@ from netproto.exec.policy import ExecPolicy
 from netproto.services import INetprotoService, discoverServices
 from netproto.testing import checkService, defaultOptions, makeContext
 from netproto.upload.server import makeFactory as makeUploadFactory
-from tests.support import TWISTD, runTwistd, twistdEnv
+from tests.support import NETPROTO, TWISTD, Twistd, runTwistd, twistdEnv
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 
@@ -63,17 +65,33 @@ def test_conformance_check_catches_a_broken_plugin(tmp_path: Path) -> None:
 
 @pytest.fixture
 def thirdParty(tmp_path: Path) -> Path:
-    """The extending tutorial's plugin, copied into a fresh directory outside netproto."""
+    """The extending tutorial's plugins, copied into a fresh directory outside netproto."""
     root = tmp_path / "site"
     shutil.copytree(EXAMPLES, root, ignore=shutil.ignore_patterns("test_*", "__pycache__"))
     assert not (root / "netproto" / "__init__.py").exists()
     return root
 
 
+def serving(tmp: Path, site: Path, name: str) -> AbstractContextManager[Twistd]:
+    """twistd serving the plugin ``name`` found in ``site`` on a loopback port."""
+    return runTwistd(
+        tmp,
+        "--service",
+        f"{name}=tcp:0:interface=127.0.0.1",
+        services=(name,),
+        env=pythonPath(site),
+    )
+
+
+def pythonPath(*first: Path) -> dict[str, str]:
+    """``PYTHONPATH`` with ``first`` before this checkout (which the suite puts first)."""
+    return {"PYTHONPATH": os.pathsep.join([*map(str, first), os.environ["PYTHONPATH"]])}
+
+
 @pytest.mark.e2e
 def test_third_party_plugin_is_listed_and_served(tmp_path: Path, thirdParty: Path) -> None:
     """A module dropped in netproto/plugins/ of a directory on PYTHONPATH: listed, then served."""
-    env = twistdEnv(tmp_path, {"PYTHONPATH": str(thirdParty)})
+    env = twistdEnv(tmp_path, pythonPath(thirdParty))
     listed = subprocess.run(
         [TWISTD, "netproto", "--list-services"],
         env=env,
@@ -85,39 +103,49 @@ def test_third_party_plugin_is_listed_and_served(tmp_path: Path, thirdParty: Pat
     )
     assert "shout" in listed.stdout
     assert "--service shout=ENDPOINT" in listed.stdout
-    with runTwistd(
-        tmp_path,
-        "--service",
-        "shout=tcp:0:interface=127.0.0.1",
-        services=("shout",),
-        env={"PYTHONPATH": str(thirdParty)},
-    ) as server:
+    with serving(tmp_path, thirdParty, "shout") as server:
         with socket.create_connection(("127.0.0.1", server.port("shout")), timeout=10) as s:
             s.sendall(b"make some noise\n")
             assert _readLine(s) == b"MAKE SOME NOISE\r\n"
 
 
 @pytest.mark.e2e
-def test_extending_tutorial_tests_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("tests", "count"), [("test_shout.py", 2), ("test_greet.py", 3)])
+def test_extending_tutorial_tests_pass(tmp_path: Path, tests: str, count: int) -> None:
     """The tests shown in docs/extending.md run green, as a plugin author would run them."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(EXAMPLES / "test_shout.py"),
-        ],
-        env=twistdEnv(tmp_path, {"PYTHONPATH": str(EXAMPLES)}),
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / tests)],
+        env=twistdEnv(tmp_path, pythonPath(EXAMPLES)),
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert f"{count} passed" in result.stdout
+
+
+@pytest.mark.e2e
+def test_a_plugin_outside_netproto_brings_a_server_and_a_subcommand(
+    tmp_path: Path, thirdParty: Path
+) -> None:
+    """The greet example, dropped on PYTHONPATH: twistd serves it, ``netproto --help``
+    lists ``greet``, and ``netproto greet NAME`` talks to the server."""
+    env = twistdEnv(tmp_path, pythonPath(thirdParty))
+    listed = subprocess.run(
+        [NETPROTO, "--help"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "greet NAME on a greet server" in listed.stdout
+    with serving(tmp_path, thirdParty, "greet") as server:
+        greeted = subprocess.run(
+            [NETPROTO, "greet", "--server", f"127.0.0.1:{server.port('greet')}", "Ada"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert (greeted.returncode, greeted.stdout, greeted.stderr) == (0, "hello, Ada\n", "")
 
 
 @pytest.mark.e2e

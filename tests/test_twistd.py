@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -201,8 +202,10 @@ def test_a_listen_failure_after_startup_is_one_line_and_exit_1(tmp_path: Path) -
     plugins.mkdir(parents=True)
     (plugins / "later_endpoint.py").write_text(LATE_ENDPOINT)
     result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"]
-        + ["--chat", "later:no such socket", "--exec", "none", "--upload", "none"],
+        [
+            *(TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"),
+            *("--chat", "later:no such socket", "--exec", "none", "--upload", "none"),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -218,3 +221,12 @@ def test_a_listen_failure_after_startup_is_one_line_and_exit_1(tmp_path: Path) -
         + ("Couldn't listen on later:0: no such socket.")
     ), reasons[0]
     assert "Traceback" not in output
+
+
+def test_the_lint_configuration_points_at_files_in_the_repository() -> None:
+    """Every file ruff.toml names as a reason is one a reader of the checkout can open."""
+    root = Path(__file__).parent.parent
+    comments = [line.partition("#")[2] for line in (root / "ruff.toml").read_text().splitlines()]
+    named = re.findall(r"[\w./-]+\.(?:md|py)\b", "\n".join(comments))
+    assert named
+    assert [name for name in named if not (root / name).exists()] == []
