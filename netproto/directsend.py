@@ -21,7 +21,9 @@ What, on Twisted's own socket transports (:func:`directSocket`):
 
 * While Twisted holds no byte of the connection's output, and the connection is
   connected and not closing, data is sent with one ``send`` on the socket (a
-  large frame with one ``sendmsg`` of header and payload: no copy).
+  large frame with one ``sendmsg`` of header and payload: no copy). That Twisted
+  holds nothing is known without looking, because everything the connection
+  sends goes through its writer: nothing else may write to the transport.
 * What the kernel does not take goes to ``transport.write``; from then on every
   write goes through ``transport.write`` too, behind it, so bytes always leave
   in the order they were written. The writer registers as the transport's *pull*
@@ -89,22 +91,32 @@ class Writer:
     :param transport: the connection's transport.
     :param sock: the socket to send on directly, from :func:`directSocket`
         (None: write through the transport only). Injectable, for tests.
-    :ivar queued: direct sends only: whether the transport holds bytes not yet
-        sent (writes then go behind them, and the output is paused).
+    :param limit: the most :meth:`unsent` may reach: a write that would take it
+        further is not made, and returns False (None: no limit).
     """
 
-    __slots__ = ("_full", "_output", "_registering", "queued", "socket", "transport")
+    __slots__ = ("_full", "_now", "_output", "_registering", "limit", "socket", "transport")
 
-    def __init__(self, transport: Any, sock: socket.socket | None) -> None:
+    def __init__(
+        self, transport: Any, sock: socket.socket | None, limit: int | None = None
+    ) -> None:
         self.transport = transport
         self.socket = sock
-        self.queued = False
+        self.limit = limit
+        #: The socket while writes may go to it (nothing queued), else None.
+        self._now = sock
         #: Other transports: -1, or the bytes written since the transport said it was full.
         self._full = -1
         self._output: IPushProducer | None = None
         self._registering = False
         if sock is None:
             transport.registerProducer(self, True)
+
+    @property
+    def queued(self) -> bool:
+        """Direct sends only: whether the transport holds bytes not yet sent (writes
+        then go behind them, and the output is paused)."""
+        return self._now is None and self.socket is not None
 
     @property
     def direct(self) -> bool:
@@ -131,47 +143,36 @@ class Writer:
 
     # -- writing -------------------------------------------------------------------
 
-    def _sendable(self) -> bool:
-        """Whether a write may go to the socket now: nothing of ours or anyone's is
-        held by Twisted, and the connection is up and not closing."""
-        t = self.transport
-        return (
-            self.socket is not None
-            and not self.queued
-            and t.connected
-            and not t.disconnecting
-            and not t.dataBuffer
-            and not t._tempDataBuffer
-        )
+    def write(self, data: bytes) -> bool:
+        """Send ``data``, in order after everything written before. False when it would
+        take :meth:`unsent` past :attr:`limit`: then nothing of it (beyond what the
+        socket took at once) is written, and the caller's client is too slow."""
+        sock = self._now
+        if sock is not None:
+            t = self.transport
+            if t.connected and not t.disconnecting:  # else the socket may be closed or reused
+                try:
+                    sent = sock.send(data)
+                except OSError:  # EAGAIN, ENOBUFS, or a broken connection Twisted will notice
+                    sent = 0
+                if sent == len(data):
+                    return True
+                if sent:
+                    data = data[sent:]
+        return self._hold([data], len(data))
 
-    def write(self, data: bytes, limit: int | None = None) -> bool:
-        """Send ``data``, in order after everything written before.
-
-        With a ``limit``, a write that would take :meth:`unsent` past it is not
-        made (nor any part of it that is not sent at once): False tells the caller,
-        whose client is then too slow. Otherwise True.
-        """
-        if self._sendable():
-            try:
-                sent = self.socket.send(data)  # type: ignore[union-attr]
-            except OSError:  # EAGAIN, ENOBUFS, or a broken connection Twisted will notice
-                sent = 0
-            if sent == len(data):
-                return True
-            if sent:
-                data = data[sent:]
-        return self._hold([data], len(data), limit)
-
-    def writeSequence(self, parts: Sequence[bytes], limit: int | None = None) -> bool:
+    def writeSequence(self, parts: Sequence[bytes]) -> bool:
         """:meth:`write` of the parts joined (a frame's header and payload), without
         joining them when they are large."""
         size = sum(map(len, parts))
         if size < JOIN_BELOW:
-            return self.write(b"".join(parts), limit)
+            return self.write(b"".join(parts))
         rest = list(parts)
-        if self._sendable():
+        sock = self._now
+        t = self.transport
+        if sock is not None and t.connected and not t.disconnecting:
             try:
-                sent = self.socket.sendmsg(rest)  # type: ignore[union-attr]
+                sent = sock.sendmsg(rest)
             except OSError:
                 sent = 0
             if sent == size:
@@ -184,11 +185,11 @@ class Writer:
                     break
                 sent -= len(first)
                 del rest[0]
-        return self._hold(rest, size, limit)
+        return self._hold(rest, size)
 
-    def _hold(self, parts: list[bytes], size: int, limit: int | None) -> bool:
+    def _hold(self, parts: list[bytes], size: int) -> bool:
         """Give what was not sent to the transport, behind what it holds."""
-        if limit is not None and self.unsent() + size > limit:
+        if self.limit is not None and self.unsent() + size > self.limit:
             return False
         transport = self.transport
         if self.socket is None:
@@ -197,9 +198,9 @@ class Writer:
                 self._full += size
             return True
         transport.writeSequence(parts)
-        if self.queued or not transport.connected or transport.disconnecting:
+        if self._now is None or not transport.connected or transport.disconnecting:
             return True  # already waiting for the drain, or closing: Twisted flushes it
-        self.queued = True
+        self._now = None
         if self._output is not None:
             self._output.pauseProducing()
         self._registering = True
@@ -215,7 +216,7 @@ class Writer:
         registered."""
         self._output = None
         if self.queued or self.socket is None:
-            self.queued = False
+            self._now = self.socket
             self._full = -1
             self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -236,7 +237,7 @@ class Writer:
             return
         transport = self.transport
         if self.queued:
-            self.queued = False
+            self._now = self.socket
             transport.unregisterProducer()
         elif self._full >= 0:
             self._full = -1
@@ -249,6 +250,6 @@ class Writer:
 
     def stopProducing(self) -> None:
         """The connection is gone; its protocol's ``connectionLost`` ends the output."""
-        self.queued = False
+        self._now = self.socket
         self._full = -1
         self._output = None

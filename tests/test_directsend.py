@@ -171,17 +171,6 @@ def test_nothing_is_sent_on_the_socket_once_closing_or_closed() -> None:
     assert sock.calls == 0 and transport.producer is None and not writer.queued
 
 
-def test_bytes_the_transport_holds_from_elsewhere_are_not_overtaken() -> None:
-    """Even bytes written to the transport behind the writer's back keep their place."""
-    writer, transport, sock, _ = direct()
-    transport.write(b"first ")
-    writer.write(b"second")
-    assert sock.calls == 0 and writer.queued
-    assert transport.drain() == b"first second"
-    writer.write(b" third")
-    assert sock.sent == b" third"
-
-
 def test_a_socket_error_leaves_the_bytes_to_the_transport() -> None:
     """EAGAIN, ENOBUFS or a broken connection: the transport gets the write (and finds out
     about the connection itself); no byte is lost or reordered."""
@@ -197,13 +186,14 @@ def test_a_write_past_the_limit_is_refused_whole() -> None:
     """With a limit, a write that would leave more than it unsent is not made and the
     caller is told; one that fits is made."""
     writer, transport, sock, _ = direct()
+    writer.limit = 100
     sock.room = 0
-    assert writer.write(b"x" * 60, limit=100)
-    assert not writer.write(b"y" * 41, limit=100)
-    assert writer.write(b"z" * 40, limit=100)
+    assert writer.write(b"x" * 60)
+    assert not writer.write(b"y" * 41)
+    assert writer.writeSequence((b"z" * 20, b"z" * 20))
     assert writer.unsent() == 100 and transport.drain() == b"x" * 60 + b"z" * 40
-    sock.room = 10  # part sent at once; the rest (90) counts
-    assert not writer.write(b"w" * 111, limit=100)
+    sock.room = 10  # part sent at once; the rest (101) counts
+    assert not writer.write(b"w" * 111)
     assert sock.sent == b"w" * 10 and transport.drain() == b""
 
 
@@ -212,7 +202,7 @@ def test_other_transports_get_every_write_and_pause_the_output() -> None:
     is its streaming producer, pauses and resumes the output when told, and counts what
     is written from the full signal on, the write that filled the buffer included."""
     transport = StringTransport()
-    writer = Writer(transport, None)
+    writer = Writer(transport, None, limit=PAUSE_THRESHOLD + 5)
     assert not writer.direct and transport.producer is writer and transport.streaming
     output = Output()
     writer.setOutput(output)
@@ -222,9 +212,9 @@ def test_other_transports_get_every_write_and_pause_the_output() -> None:
     assert writer.unsent() == 0  # not known until the transport says it is full
     writer.pauseProducing()
     assert output.calls == ["pause"]
-    assert writer.write(b"abc", limit=PAUSE_THRESHOLD + 5)
+    assert writer.write(b"abc")
     assert writer.unsent() == PAUSE_THRESHOLD + 3
-    assert not writer.write(b"abc", limit=PAUSE_THRESHOLD + 5)
+    assert not writer.write(b"abc")
     writer.resumeProducing()
     assert output.calls == ["pause", "resume"] and writer.unsent() == 0
     late = Output()

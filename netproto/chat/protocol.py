@@ -111,7 +111,7 @@ class ChatProtocol(LineReceiver):
     def connectionMade(self) -> None:
         factory = self.factory
         assert self.transport is not None
-        self.sender = Writer(self.transport, directSocket(self.transport))
+        self.sender = Writer(self.transport, directSocket(self.transport), factory.config.maxQueue)
         if ITCPTransport.providedBy(self.transport):
             # Lines go out as written: a line must not wait, under Nagle's algorithm,
             # for the client's (possibly delayed) acknowledgement of the previous one.
@@ -219,7 +219,7 @@ class ChatProtocol(LineReceiver):
         connection's output leaves. A line that would take what is still queued for
         the member past ``--chat-max-queue`` cuts the client off."""
         sender = self.sender
-        if sender is not None and not sender.write(line, self.factory.config.maxQueue):
+        if sender is not None and not sender.write(line):
             self._cutOff()
 
     def close(self) -> None:
