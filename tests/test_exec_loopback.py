@@ -1,10 +1,9 @@
 """exec over real loopback: an in-process server and the bundled client's
 FramedClient, real commands, real process groups.
 
-Every test runs twice (:func:`spawnPath`): commands started by ``posix_spawn``
-with their exit watched through a pidfd, and by :class:`subprocess.Popen`
-with their exit polled, so that both ways of starting and both ways of
-watching are covered.
+Every test runs twice (:func:`exitWatch`): with each command's exit watched
+through a pidfd, and polled (where there are no pidfds), so that both ways are
+covered.
 """
 
 from __future__ import annotations
@@ -37,20 +36,16 @@ MiB = 1 << 20
 PY = sys.executable
 
 
-#: The ways a command is started and its exit watched (see the module docstring).
-SPAWN_PATHS = {"posix_spawn+pidfd": (True, True), "Popen+polling": (False, False)}
-
-
-@pytest.fixture(autouse=True, params=list(SPAWN_PATHS))
-def spawnPath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Start commands (and the guardian) one way, and watch their exit one way."""
-    posixSpawn, pidfds = SPAWN_PATHS[request.param]
-    if not posixSpawn:
-        monkeypatch.setattr(_spawn.PosixSpawner, "available", staticmethod(lambda: None))
-    elif _spawn.PosixSpawner.available() is None:
-        pytest.skip("no posix_spawn with chdir and closefrom here")
-    if not pidfds:
+@pytest.fixture(autouse=True, params=["pidfd", "polling"])
+def exitWatch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Watch the exit of commands (and of the guardian) one way: pidfds, or none."""
+    if request.param == "polling":
         monkeypatch.setattr(_spawn, "pidfdOpen", lambda pid: None)
+    else:
+        fd = _spawn.pidfdOpen(os.getpid())
+        if fd is None:
+            pytest.skip("no pidfds here")
+        os.close(fd)
     name: str = request.param
     return name
 
@@ -453,20 +448,18 @@ async def test_a_command_that_does_not_read_stdin_stops_reading_the_client(
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_that_closes_its_output_early_gets_its_X_when_it_exits(
-    tmp_path: Path, spawnPath: str
+    tmp_path: Path, exitWatch: str
 ) -> None:
     """Once both output pipes close, the exit is watched (through a pidfd opened
     only then, else by polling): a command that closes them and runs on still
-    gets its own code in X, after it exits, and its group is gone. The command
-    was started, and its exit is watched, the way this run of the module says."""
-    posixSpawn, pidfds = SPAWN_PATHS[spawnPath]
+    gets its own code in X, after it exits, and its group is gone. Its exit is
+    watched the way this run of the module says."""
     async with serving(tmp_path) as server:
         client = await server.connect()
         pid = await started(client, {"shell": "exec >&- 2>&-; read x; exit 7", "stdin": True})
         transport = server.factory.commands[pid]
         await eventually(lambda: transport._watcher is not None or transport._exitTimer, 10)
-        assert (transport._watcher is not None) is pidfds
-        assert (transport._child._popen is None) is posixSpawn
+        assert (transport._watcher is not None) is (exitWatch == "pidfd")
         client.send(b"0", b"go\n")
         result = await finish(client, pid)
         assert result.exit == {"code": 7, "signal": None, "timed_out": False}

@@ -18,14 +18,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netproto.codec import FrameDecoder, encodeFrame
 from netproto.errors import ProtocolError
 from netproto.exec.client import buildRequest, configure, exitStatus
 from netproto.exec.policy import DEFAULT_PATH, ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol, exitPayload
 from netproto.exec.protocol import ClientReading, ExecProtocol
 from netproto.exec.server import ExecFactory
-from netproto.exec.spawn import PosixSpawner, signalName, signalNumber
-from netproto.codec import FrameDecoder, encodeFrame
+from netproto.exec.spawn import signalName, signalNumber
 from tests.support import makeContext, token
 
 # -- policy ------------------------------------------------------------------------
@@ -668,18 +668,15 @@ def test_started_commands_are_all_logged_in_few_lines() -> None:
 # -- starting processes ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spawner", [True, False], ids=["posix_spawn", "Popen"])
-def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner: bool) -> None:
-    """Both ways of starting a command give it its own session, the cwd, only the
-    given environment, stdin from /dev/null, no other open descriptor of ours,
-    and signals at their defaults; a missing program or cwd is an OSError."""
+def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path) -> None:
+    """A command gets its own session, the cwd, only the given environment, stdin
+    from /dev/null, no other open descriptor of ours, and SIGPIPE at its default;
+    a missing program or cwd is an OSError."""
     import os
     import signal as signals
 
     from netproto.exec.spawn import spawn
 
-    if spawner and PosixSpawner.available() is None:
-        pytest.skip("no posix_spawn with chdir and closefrom here")
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         script = (
@@ -693,7 +690,6 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner
             cwd=str(tmp_path),
             stdin=False,
             devnull=devnull,
-            spawner=spawner,
         )
         out = drain(child)
         first, fds, sigign = out.decode().splitlines()
@@ -713,45 +709,7 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path, spawner
                     cwd=args["cwd"],
                     stdin=False,
                     devnull=devnull,
-                    spawner=spawner,
                 )
             assert info.value.errno == errno.ENOENT
     finally:
         os.close(devnull)
-
-
-def test_posix_spawner_reuses_file_actions_only_for_the_same_fds_and_cwd(tmp_path: Path) -> None:
-    """Commands started one after the other (pipes reused, same cwd) share one
-    list of file actions; another cwd gets its own, and each command runs in
-    its own directory with its output on its own pipe."""
-    from netproto.exec.spawn import spawn
-
-    spawner = PosixSpawner.available()
-    if spawner is None:
-        pytest.skip("no posix_spawn with chdir and closefrom here")
-    fresh = PosixSpawner.__new__(PosixSpawner)
-    fresh.__dict__.update(spawner.__dict__)
-    fresh._actions = {}
-    other = tmp_path / "other"
-    other.mkdir()
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        outputs = []
-        for cwd in (tmp_path, tmp_path, other):
-            child = spawn(
-                "/bin/pwd",
-                ["pwd"],
-                env={},
-                cwd=str(cwd),
-                stdin=False,
-                devnull=devnull,
-                spawner=fresh,
-                pidfd=False,
-            )
-            assert child.pidfd is None
-            out = drain(child)
-            outputs.append(out.decode().strip())
-    finally:
-        os.close(devnull)
-    assert outputs == [str(tmp_path), str(tmp_path), str(other)]
-    assert {cwd for _, cwd in fresh._actions} == {os.fsencode(tmp_path), os.fsencode(other)}
