@@ -20,8 +20,8 @@ from netproto.testing import defaultOptions
 from netproto.upload import plugin as uploadPlugin
 from netproto.upload import store
 from netproto.upload.names import partialName
+from netproto.upload.plugin import DEFAULT_MAX_PER_USER
 from netproto.upload.protocol import UploadProtocol
-from netproto.upload.quota import DEFAULT_MAX_PER_USER
 from tests.test_upload_protocol import Harness, StepExecutor, error, stored
 
 

@@ -49,7 +49,6 @@ from twisted.logger import Logger
 
 from netproto.errors import ProtocolError
 from netproto.upload.names import RESERVED_PREFIX
-from netproto.upload.plugin import DEFAULT_MAX_PER_USER  # noqa: F401 - declared (and why) there
 
 log = Logger()
 
