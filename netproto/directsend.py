@@ -192,12 +192,14 @@ class Writer:
         if self.limit is not None and self.unsent() + size > self.limit:
             return False
         transport = self.transport
+        if len(parts) == 1:
+            transport.write(parts[0])  # may pause us (other transports): this write counts
+        else:
+            transport.writeSequence(parts)
         if self.socket is None:
-            transport.writeSequence(parts)  # may pause us: the write that fills counts
             if self._full >= 0:
                 self._full += size
             return True
-        transport.writeSequence(parts)
         if self._now is None or not transport.connected or transport.disconnecting:
             return True  # already waiting for the drain, or closing: Twisted flushes it
         self._now = None
