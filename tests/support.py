@@ -75,6 +75,22 @@ def waitUntil(predicate: Callable[[], T], timeout: float = 10.0, interval: float
         time.sleep(interval)
 
 
+def readNow(s: socket.socket, limit: int = 1 << 20) -> bytes:
+    """What can be read now from the non-blocking socket ``s``, up to ``limit`` bytes,
+    without waiting (b"" when nothing has come, or the peer closed)."""
+    chunks = []
+    try:
+        while limit > 0:
+            data = s.recv(min(limit, 1 << 16))
+            if not data:
+                break
+            chunks.append(data)
+            limit -= len(data)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks)
+
+
 class BlockingFramed:
     """A plain blocking socket speaking the framed protocol, for raw-wire tests."""
 

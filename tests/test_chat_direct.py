@@ -16,7 +16,7 @@ from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import ChatProtocol
 from netproto.chat.server import ChatFactory
 from netproto.directsend import PAUSE_THRESHOLD, Writer
-from tests.support import eventually
+from tests.support import eventually, readNow
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
 
@@ -43,7 +43,7 @@ class Loop:
         new = await eventually(lambda: set(self.factory.server.nicks.values()) - before)
         (proto,) = new
         assert isinstance(proto, ChatProtocol)
-        await eventually(lambda: b"Welcome" in read(s))
+        await eventually(lambda: b"Welcome" in readNow(s))
         return s, proto
 
     def close(self) -> None:
@@ -52,21 +52,6 @@ class Loop:
         self.port.stopListening()
         for p in list(self.factory.server.nicks.values()):
             p.close()
-
-
-def read(s: socket.socket, limit: int = 1 << 20) -> bytes:
-    """What can be read from ``s`` now, without waiting."""
-    chunks = []
-    try:
-        while limit > 0:
-            data = s.recv(min(limit, 1 << 16))
-            if not data:
-                break
-            chunks.append(data)
-            limit -= len(data)
-    except BlockingIOError:
-        pass
-    return b"".join(chunks)
 
 
 @pytest.fixture
@@ -102,7 +87,7 @@ async def test_a_partial_send_hands_the_rest_to_twisted_and_order_is_kept(loop: 
     got = bytearray()
 
     def complete() -> bool:
-        got.extend(read(s))
+        got.extend(readNow(s))
         return len(got) >= len(want)
 
     await eventually(complete, timeout=20)
@@ -111,7 +96,7 @@ async def test_a_partial_send_hands_the_rest_to_twisted_and_order_is_kept(loop: 
     assert writer.unsent() == 0
     proto.deliver(b"direct again\r\n")
     assert not writer.queued
-    assert await eventually(lambda: read(s)) == b"direct again\r\n"
+    assert await eventually(lambda: readNow(s)) == b"direct again\r\n"
 
 
 @pytest_twisted.ensureDeferred
@@ -128,12 +113,12 @@ async def test_direct_sends_and_twisted_buffering_interleave_without_loss(loop: 
         proto.deliver(line)
         states.add(writer.queued)
         if i % 50 == 49:
-            got.extend(read(s, 8192))  # a slow reader: some of it, now and then
+            got.extend(readNow(s, 8192))  # a slow reader: some of it, now and then
             await eventually(lambda: True)  # let the reactor run its writes
     want = b"".join(lines)
 
     def complete() -> bool:
-        got.extend(read(s))
+        got.extend(readNow(s))
         return len(got) >= len(want)
 
     await eventually(complete, timeout=20)
@@ -154,13 +139,13 @@ async def test_a_reader_that_stops_is_still_cut_off_and_others_get_everything() 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
         reader, _ = await loop.connect()
         talker, _ = await loop.connect()
-        read(silent)
-        read(reader)
+        readNow(silent)
+        readNow(reader)
         lines = [b"%05d " % i + b"y" * 1000 for i in range(600)]
         got = bytearray()
 
         def received(data: bytes) -> bool:
-            got.extend(read(reader))
+            got.extend(readNow(reader))
             return data in got
 
         for i in range(0, len(lines), 20):
@@ -198,7 +183,7 @@ async def test_a_slow_reader_whose_queue_stays_under_the_bound_is_never_cut_off(
             assert PAUSE_THRESHOLD < writer.unsent() <= 256 * 1024  # never empty
 
             def caughtUp(want: int = rounds * 10 * len(line)) -> bool:
-                got.extend(read(s, want - len(got)))  # no more than came since
+                got.extend(readNow(s, want - len(got)))  # no more than came since
                 return len(got) >= want
 
             await eventually(caughtUp, interval=0.001)

@@ -16,7 +16,7 @@ from twisted.internet import reactor, ssl, tcp, unix
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
 from netproto.directsend import DIRECT_TRANSPORTS, PAUSE_THRESHOLD, Writer, directSocket
-from tests.support import eventually
+from tests.support import eventually, readNow
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
 
@@ -29,21 +29,6 @@ class Accepted(Protocol):
 
     def connectionMade(self) -> None:
         self.made.append(self)
-
-
-def read(s: socket.socket, limit: int = 1 << 20) -> bytes:
-    """What can be read from the non-blocking ``s`` now, up to ``limit``."""
-    chunks = []
-    try:
-        while limit > 0:
-            data = s.recv(min(limit, 1 << 16))
-            if not data:
-                break
-            chunks.append(data)
-            limit -= len(data)
-    except BlockingIOError:
-        pass
-    return b"".join(chunks)
 
 
 def tcpPair(made: list[Accepted], tmp: Path) -> tuple[Any, socket.socket]:
@@ -93,7 +78,7 @@ async def test_a_socket_server_transport_is_as_the_writer_assumes(
         writer = Writer(transport, sock)
         assert transport.producer is None  # nothing registered until something is queued
         assert writer.write(b"at once") and not writer.queued and writer.unsent() == 0
-        assert await eventually(lambda: read(client)) == b"at once"  # before the reactor wrote
+        assert await eventually(lambda: readNow(client)) == b"at once"  # before the reactor wrote
 
         big = b"B" * (transport.SEND_LIMIT * 2)
         writer.write(big)  # more than the kernel takes: the rest is Twisted's
@@ -105,7 +90,7 @@ async def test_a_socket_server_transport_is_as_the_writer_assumes(
         got = bytearray()
 
         def partly() -> bool:  # the reactor sent part of its buffer: dataBuffer and offset
-            got.extend(read(client, 1 << 14))
+            got.extend(readNow(client, 1 << 14))
             return transport.offset > 0 and writer.unsent() == (
                 len(transport.dataBuffer) - transport.offset + transport._tempDataLen
             )
@@ -113,13 +98,13 @@ async def test_a_socket_server_transport_is_as_the_writer_assumes(
         await eventually(partly)
 
         def drained() -> bool:  # Twisted resumed its pull producer: the writer let go
-            got.extend(read(client))
+            got.extend(readNow(client))
             return not writer.queued
 
         await eventually(drained, timeout=20)
         assert transport.producer is None and writer.unsent() == 0
         assert not transport.dataBuffer and not transport._tempDataBuffer
-        await eventually(lambda: got.extend(read(client)) or len(got) >= len(big) + 5)
+        await eventually(lambda: got.extend(readNow(client)) or len(got) >= len(big) + 5)
         assert bytes(got) == big + b"after"
     finally:
         client.close()
