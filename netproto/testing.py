@@ -5,6 +5,8 @@
 * :func:`serveInMemory` connects a client protocol to your service through
   Twisted's in-memory transports (``twisted.test.iosim``): no sockets, no real
   time, deterministic.
+* :class:`FramedPeer` is a scripted client of a framed service (hello,
+  login, send frames, expect frames, deadlines on a clock), also in memory.
 * :func:`checkService` is the conformance check every service plugin must
   pass; ``docs/extending.md`` walks through using it.
 """
@@ -15,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
@@ -27,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump, connectedServerAndClient
 
 from netproto.auth import makePortal
+from netproto.codec import FrameDecoder, Hello, decodeJSON, encodeFrame, encodeJSON
 from netproto.services import (
     INetprotoService,
     ServerContext,
@@ -73,20 +76,184 @@ def defaultOptions(service: INetprotoService) -> dict[str, Any]:
 
 
 def serveInMemory(
-    serverFactory: IProtocolFactory, client: Protocol
+    serverFactory: IProtocolFactory, client: Protocol, clock: Any = None
 ) -> tuple[IProtocol, Protocol, IOPump]:
     """Connect ``client`` to a protocol of ``serverFactory`` in memory.
 
     Returns ``(server, client, pump)``; call ``pump.flush()`` to move bytes
     both ways until both sides are quiet.
+
+    :param clock: the :class:`~twisted.internet.task.Clock` the pump runs
+        (``callLater(0, ...)`` calls fire on each pump); pass the reactor of
+        the service's context (a :class:`MemoryReactorClock` from
+        :func:`makeContext`) so that the service's timers and the pump share
+        one time. Default: a clock of its own.
     """
     clientProto, server, pump = connectedServerAndClient(
         lambda: serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242)),
         lambda: client,
         greet=True,
+        **({} if clock is None else {"clock": clock}),
     )
     assert server is not None, "the factory refused the connection"
     return server, clientProto, pump
+
+
+class _FrameCollector(Protocol):
+    """The client end of a :class:`FramedPeer`: decodes what the server sends."""
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder(PEER_MAX_FRAME)
+        self.frames: list[tuple[bytes, bytes]] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.decoder.feed(data)
+        while (frame := self.decoder.next()) is not None:
+            self.frames.append(frame)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.lost = reason
+
+
+#: Largest frame a :class:`FramedPeer` accepts from the server under test: far
+#: above any ``max_frame``, so that a server sending too much is seen as frames
+#: to look at rather than as an exception inside the pump.
+PEER_MAX_FRAME: Final = 64 * 1024 * 1024
+
+
+class FramedPeer:
+    """A scripted client of a framed service (PROTOCOL.md section 2), in memory.
+
+    It connects to a protocol of ``factory`` through Twisted's in-memory
+    transports (:mod:`twisted.test.iosim`: no sockets, no threads), reads
+    the hello, and then does what a test tells it, one step at a time::
+
+        peer = FramedPeer(makeFactory(makeContext(tmp_path)))
+        assert peer.hello.service == "shout-framed"
+        peer.login(token=readToken(context))
+        peer.sendJSON(b"S", {"text": "hi"})
+        assert peer.expectJSON(b"K") == {"text": "HI"}
+
+    Every step moves bytes both ways until both ends are quiet, so an
+    ``expect`` sees all the server had to say by then. Time only moves when
+    :meth:`advance` is called: the service's deadlines (grace, frame, idle,
+    the failed-login delay) are run on ``clock``, by default the reactor of
+    the factory's context (the :class:`MemoryReactorClock` of
+    :func:`makeContext`).
+
+    Frames are built and read with :mod:`netproto.codec`, the same sans-IO
+    codec the server uses. The ``expect`` methods take the oldest frame not
+    yet expected and fail with an :class:`AssertionError` naming what came
+    instead.
+
+    :ivar hello: the server's ``H``, decoded.
+    :ivar server: the server-side protocol (to look at its state in a test).
+    """
+
+    def __init__(self, factory: IProtocolFactory, clock: Any = None) -> None:
+        if clock is None:
+            context = getattr(factory, "context", None)
+            clock = getattr(context, "reactor", None)
+            if not hasattr(clock, "advance"):
+                raise TypeError("pass a clock: the factory's reactor cannot advance time")
+        self.clock = clock
+        self._client = _FrameCollector()
+        self.server, _, self._pump = serveInMemory(factory, self._client, clock)
+        self.hello = Hello.decode(self.expect(b"H"))
+
+    # -- moving bytes and time ------------------------------------------------
+
+    def flush(self) -> None:
+        """Move bytes both ways until neither end has more to say."""
+        self._pump.flush()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the clock (timers fire), then :meth:`flush`."""
+        self.clock.advance(seconds)
+        self.flush()
+
+    # -- sending ---------------------------------------------------------------
+
+    def sendRaw(self, data: bytes) -> None:
+        """Send bytes as they are (a half frame, a bad length), then :meth:`flush`."""
+        transport = self._client.transport
+        assert transport is not None
+        transport.write(data)
+        self.flush()
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        """Send one frame, then :meth:`flush`."""
+        self.sendRaw(encodeFrame(kind, payload))
+
+    def sendJSON(self, kind: bytes, obj: Mapping[str, Any]) -> None:
+        """Send one frame with a JSON payload, then :meth:`flush`."""
+        self.send(kind, encodeJSON(obj))
+
+    def login(
+        self, token: str | None = None, *, user: str | None = None, password: str = ""
+    ) -> dict[str, Any]:
+        """Send ``A`` with ``token`` (or ``user`` and ``password``) and expect
+        the ``K``; returns its payload (``{"user": NAME}``)."""
+        if (token is None) == (user is None):
+            raise TypeError("login with a token or with a user, not both")
+        self.sendJSON(
+            b"A", {"token": token} if user is None else {"user": user, "password": password}
+        )
+        return self.expectJSON(b"K")
+
+    def close(self) -> None:
+        """Close the connection from the client's end, then :meth:`flush`."""
+        transport = self._client.transport
+        assert transport is not None
+        transport.loseConnection()
+        self.flush()
+
+    # -- expecting -------------------------------------------------------------
+
+    @property
+    def received(self) -> list[tuple[bytes, bytes]]:
+        """Frames that arrived and were not expected yet, oldest first."""
+        return list(self._client.frames)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (by either end)."""
+        return self._client.lost is not None
+
+    def expect(self, kind: bytes) -> bytes:
+        """The payload of the next frame, which must be of type ``kind``."""
+        frames = self._client.frames
+        if not frames:
+            state = "closed" if self.closed else "open"
+            raise AssertionError(f"expected a {kind!r} frame; none came (connection {state})")
+        got, payload = frames[0]
+        if got != kind:
+            raise AssertionError(f"expected a {kind!r} frame, got {got!r} {payload[:200]!r}")
+        del frames[0]
+        return payload
+
+    def expectJSON(self, kind: bytes) -> dict[str, Any]:
+        """The JSON payload of the next frame, which must be of type ``kind``."""
+        return decodeJSON(self.expect(kind))
+
+    def expectError(self, code: str) -> str:
+        """The message of the next frame, which must be ``E`` with ``code``."""
+        error = self.expectJSON(b"E")
+        if error.get("code") != code:
+            raise AssertionError(f"expected E {code!r}, got E {error!r}")
+        return str(error.get("message", ""))
+
+    def expectNothing(self) -> None:
+        """No frame is waiting (the server is quiet)."""
+        if self._client.frames:
+            raise AssertionError(f"expected no frame, got {self._client.frames[:3]!r}")
+
+    def expectClosed(self) -> None:
+        """Every frame was expected and the connection is closed."""
+        self.expectNothing()
+        if not self.closed:
+            raise AssertionError("expected the connection to be closed; it is open")
 
 
 def checkService(service: object, tmp: Path) -> None:
@@ -168,6 +335,8 @@ def _garbage() -> Sequence[bytes]:
 
 
 __all__ = [
+    "PEER_MAX_FRAME",
+    "FramedPeer",
     "checkService",
     "defaultOptions",
     "makeContext",
