@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from twisted.internet.base import DelayedCall
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from netproto.errors import ERROR_CODES, ProtocolError
 from netproto.codec import (
     DEFAULT_MAX_FRAME,
     PRE_AUTH_MAX_FRAME,
@@ -24,6 +23,7 @@ from netproto.codec import (
     decodeJSON,
     encodeFrame,
 )
+from netproto.errors import ERROR_CODES, ProtocolError
 from netproto.framing import CLOSE_GRACE, FramedFactory, FramedProtocol, State
 from tests.support import makeContext, token
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netproto.errors import ProtocolError
 from netproto.codec import MAX_JSON_DEPTH, MAX_JSON_NUMBER, decodeJSON, nestedDeeperThan
+from netproto.errors import ProtocolError
 
 
 def refused(payload: bytes) -> str:
