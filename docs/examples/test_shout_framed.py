@@ -16,6 +16,16 @@ def connect(tmp: Path) -> tuple[FramedPeer, str]:
     return FramedPeer(makeFactory(context)), readToken(context)
 
 
+def closesAfter(peer: FramedPeer, seconds: float, code: str) -> None:
+    """Nothing happens until ``seconds`` have passed on the clock; then ``E code`` and a close."""
+    peer.advance(seconds - 0.5)
+    peer.expectNothing()
+    assert not peer.closed
+    peer.advance(0.5)
+    peer.expectError(code)
+    peer.expectClosed()
+
+
 def test_a_shout_comes_back_in_capitals(tmp_path: Path) -> None:
     """The hello names the service; once logged in, S is answered with K in capitals."""
     peer, token = connect(tmp_path)
@@ -39,10 +49,7 @@ def test_a_wrong_token_is_refused_after_a_delay(tmp_path: Path) -> None:
     """A bad token is answered only once the failed-login delay has passed on the clock."""
     peer, _ = connect(tmp_path)
     peer.sendJSON(b"A", {"token": "not the token"})
-    peer.expectNothing()
-    peer.advance(1.0)
-    peer.expectError("auth-failed")
-    peer.expectClosed()
+    closesAfter(peer, 1.0, "auth-failed")
 
 
 def test_a_bad_frame_is_refused(tmp_path: Path) -> None:
@@ -69,19 +76,11 @@ def test_a_frame_that_never_ends_times_out(tmp_path: Path) -> None:
     peer, token = connect(tmp_path)
     peer.login(token)
     peer.sendRaw(encodeFrame(b"S", b'{"text": "hi"}')[:-3])
-    peer.advance(29.0)
-    assert not peer.closed
-    peer.advance(1.0)
-    peer.expectError("timeout")
-    peer.expectClosed()
+    closesAfter(peer, 30.0, "timeout")
 
 
 def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
     """Logged in and silent for the idle deadline (600 s by default): E timeout and a close."""
     peer, token = connect(tmp_path)
     peer.login(token)
-    peer.advance(599.0)
-    assert not peer.closed
-    peer.advance(1.0)
-    peer.expectError("timeout")
-    peer.expectClosed()
+    closesAfter(peer, 600.0, "timeout")
