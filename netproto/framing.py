@@ -186,6 +186,8 @@ class FramedProtocol(Protocol):
         self.state = State.UNAUTHENTICATED
         self.avatar: IUser | None = None
         self.peer = "?"
+        #: Reading paused while a password is checked (:meth:`_authenticate`).
+        self._pausedForLogin = False
         #: Who this is in summarised log lines (:func:`netproto.logsummary.sourceOf`).
         self.source = "?"
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
@@ -256,7 +258,9 @@ class FramedProtocol(Protocol):
 
     def _readsFrames(self) -> bool:
         """Whether frames are taken out of the buffer in the current state: in
-        UNAUTHENTICATED and READY; in the others what arrives stays buffered."""
+        UNAUTHENTICATED and READY. In AUTHENTICATING reading is paused (a password
+        being checked) or the answer is immediate (the token); in FAILED what
+        arrives is dropped (:meth:`dataReceived`)."""
         return self.state is State.READY or self.state is State.UNAUTHENTICATED
 
     def _graceExpired(self) -> None:
@@ -341,7 +345,9 @@ class FramedProtocol(Protocol):
     # -- receiving -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self.state is State.FAILED:
+            # After a failed login nothing is read again: not buffered either, or a
+            # peer could fill memory during the failed-login delay.
             return
         if len(data) >= 65536:
             growReadSize(self.transport, len(data))
@@ -436,12 +442,20 @@ class FramedProtocol(Protocol):
         d = self.factory.context.login(credentials)
         d.addCallbacks(self._loggedIn, self._loginFailed, errbackArgs=(method,))
         d.addErrback(self._handlerFailed)
+        if self.state is State.AUTHENTICATING and self.transport is not None:
+            # Checked off the reactor thread (a password): stop reading until the
+            # answer, so what the peer sends meanwhile waits in the kernel, not here.
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._pausedForLogin = True
 
     def _loggedIn(self, avatar: IUser) -> None:
         if self.state is State.CLOSED:
             return
         self.avatar = avatar
         self._advance(Event.ACCEPTED)
+        if self._pausedForLogin:
+            self._pausedForLogin = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._graceTimer is not None and self._graceTimer.active():
             self._graceTimer.cancel()
         self._graceTimer = None

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from netproto.auth import IUser, User
 from netproto.codec import encodeFrame
 from netproto.framing import TRANSITIONS, Event, FramedFactory, FramedProtocol, State
 from tests.support import makeContext, token
@@ -51,7 +53,7 @@ def test_a_failed_login_waits_in_its_own_state(tmp_path: Path) -> None:
 
 
 def test_frames_in_the_failed_state_are_not_read(tmp_path: Path) -> None:
-    """What a peer sends during the failed-login delay stays buffered: a good
+    """What a peer sends during the failed-login delay is never read: a good
     token sent after a bad one does not log it in."""
     proto, factory, clock = connect(tmp_path)
     proto.dataReceived(encodeFrame(b"A", b'{"token": "wrong"}'))
@@ -66,3 +68,33 @@ def test_a_transition_not_in_the_table_is_a_bug(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no transition"):
         proto._advance(Event.ACCEPTED)
     assert proto.state is State.UNAUTHENTICATED
+
+
+def test_nothing_is_buffered_during_the_failed_login_delay(tmp_path: Path) -> None:
+    """A peer that floods during the failed-login delay is not buffered: the
+    server's receive buffer stays empty whatever it sends (it grew without
+    bound before)."""
+    proto, factory, clock = connect(tmp_path)
+    proto.dataReceived(encodeFrame(b"A", b'{"token": "wrong"}'))
+    for _ in range(64):
+        proto.dataReceived(b"\0" * 65536)
+    assert len(proto._decoder) == 0
+    clock.advance(factory.authFailureDelay)
+    assert stateOf(proto) is State.CLOSED
+
+
+def test_reading_pauses_while_a_password_is_checked(tmp_path: Path) -> None:
+    """A login answered later (a password checked off the reactor thread) pauses
+    reading, so what the peer pipelines waits in the kernel; reading resumes once
+    it is logged in, and the pipelined frame is then read."""
+    proto, factory, clock = connect(tmp_path)
+    transport = proto.transport
+    assert isinstance(transport, StringTransport)
+    answer: Deferred[IUser] = Deferred()
+    factory.context.login = lambda credentials: answer
+    proto.dataReceived(encodeFrame(b"A", b'{"token": "checked later"}'))
+    assert proto.state is State.AUTHENTICATING
+    assert transport.producerState == "paused"
+    answer.callback(User("alice"))
+    assert stateOf(proto) is State.READY
+    assert transport.producerState == "producing"
