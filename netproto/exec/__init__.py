@@ -1,1 +1,1 @@
-"""exec: remote command execution over framed Int32StringReceiver (PROTOCOL.md section 3)."""
+"""exec: remote command execution over length-prefixed frames (PROTOCOL.md section 3)."""
