@@ -110,7 +110,9 @@ def test_third_party_plugin_is_listed_and_served(tmp_path: Path, thirdParty: Pat
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("tests", "count"), [("test_shout.py", 2), ("test_greet.py", 3)])
+@pytest.mark.parametrize(
+    ("tests", "count"), [("test_shout.py", 2), ("test_shout_framed.py", 7), ("test_greet.py", 3)]
+)
 def test_extending_tutorial_tests_pass(tmp_path: Path, tests: str, count: int) -> None:
     """The tests shown in docs/extending.md run green, as a plugin author would run them."""
     result = subprocess.run(
