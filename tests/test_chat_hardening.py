@@ -18,8 +18,7 @@ from netproto.chat.confusables import prototypes, skeleton
 from netproto.chat.protocol import ChatProtocol
 from netproto.chat.server import SWEEP_BATCH, SWEEP_FRACTION
 from netproto.chat.state import ChatServer, cleanText, nameKey, normalizeName
-from tests.test_chat_protocol import Harness, lines
-from tests.test_chat_state import connected
+from tests.chatkit import Harness, connected, lines
 
 
 class CountingTransport(StringTransport):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netproto.chat.telnet import DO, IAC, SB, SE, WILL
-from tests.test_chat_protocol import Harness
+from tests.chatkit import Harness
 
 MAX_LINE = 16
 

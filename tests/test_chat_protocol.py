@@ -2,72 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import ChatProtocol
-from netproto.chat.server import ChatFactory, Refusal, makeFactory
+from netproto.chat.server import Refusal, makeFactory
 from netproto.chat.telnet import DO, DONT, IAC, SB, SE, WILL, WONT, TelnetFilter
 from netproto.directsend import PAUSE_THRESHOLD
+from tests.chatkit import Harness
 from tests.support import makeContext
-
-
-class Harness:
-    """A chat factory on a fake clock, with in-memory connections."""
-
-    def __init__(
-        self,
-        clock: Clock | None = None,
-        transportClass: type[StringTransport] = StringTransport,
-        **config: Any,
-    ) -> None:
-        self.clock = Clock() if clock is None else clock
-        self.transportClass = transportClass
-        self.factory = ChatFactory(ChatConfig(**config), self.clock)
-        self.factory.startFactory()
-        self.port = 40000
-        self.transports: list[StringTransport] = []
-
-    def connect(self, host: str = "127.0.0.1") -> tuple[ChatProtocol, StringTransport]:
-        self.port += 1
-        addr = IPv4Address("TCP", host, self.port)
-        proto = self.factory.buildProtocol(addr)
-        assert isinstance(proto, ChatProtocol)
-        transport = self.transportClass(peerAddress=addr)
-        proto.makeConnection(transport)
-        self.clock.advance(self.factory.config.noticeDelay)  # the join notice's wait
-        self.transports.append(transport)
-        for t in self.transports:  # welcomes and join notices: each test starts after them
-            t.clear()
-        return proto, transport
-
-    def timers(self) -> list[DelayedCall]:
-        """What is on the clock besides the log summary's interval."""
-        summary = self.factory.logSummary.flush
-        calls = cast(list[DelayedCall], self.clock.getDelayedCalls())
-        return [c for c in calls if c.func != summary]
-
-    def lines(self, transport: StringTransport) -> list[bytes]:
-        """What was written since the last call, once this turn's broadcasts and the room
-        notices waiting for company went out, split into lines (each must end with CRLF)."""
-        self.clock.advance(self.factory.config.noticeDelay)
-        return lines(transport)
-
-
-def lines(transport: StringTransport) -> list[bytes]:
-    """What was written since the last call, split into lines (each must end with CRLF)."""
-    data: bytes = transport.value()
-    transport.clear()
-    assert data == b"" or data.endswith(b"\r\n")
-    return data.split(b"\r\n")[:-1]
 
 
 def test_lf_and_crlf_input_both_work_and_output_is_crlf() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.task import Clock
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from netproto.chat.commands import COMMANDS, interpret
@@ -16,39 +15,7 @@ from netproto.chat.state import (
     listLines,
     normalizeName,
 )
-
-
-@implementer(IParticipant)
-class Fake:
-    """A participant that records what it is sent, as text lines without CRLF."""
-
-    def __init__(self) -> None:
-        self.nick = ""
-        self.room = None
-        self.lines: list[str] = []
-        self.raw: list[bytes] = []
-        self.closed = False
-
-    def deliver(self, line: bytes) -> None:
-        assert line.endswith(b"\r\n")
-        self.raw.append(line)
-        self.lines.extend(line.decode("utf-8").split("\r\n")[:-1])
-
-    def close(self) -> None:
-        self.closed = True
-
-    def take(self) -> list[str]:
-        lines, self.lines = self.lines, []
-        return lines
-
-
-def connected(server: ChatServer, n: int) -> list[Fake]:
-    people = [Fake() for _ in range(n)]
-    for p in people:
-        server.connect(p)
-    for p in people:
-        p.take()
-    return people
+from tests.chatkit import Fake, connected
 
 
 def test_fake_participant_provides_the_interface() -> None:

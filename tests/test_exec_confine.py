@@ -23,8 +23,8 @@ from netproto.exec.confine import Confinement
 from netproto.exec.procs import liveGroups, startTime
 from netproto.exec.registry import GroupRegistry, endGroups, recorded
 from netproto.exec.spawn import Spawned, spawn
+from tests.execkit import drain
 from tests.support import waitUntil
-from tests.test_exec_units import drain
 
 # -- finding the pids hierarchy --------------------------------------------------------
 

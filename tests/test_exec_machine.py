@@ -28,7 +28,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
 from netproto.exec.process import CommandProtocol
-from tests.test_exec_units import Conn
+from tests.execkit import Conn
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

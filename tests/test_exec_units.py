@@ -12,21 +12,16 @@ from typing import Any, cast
 
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from netproto.codec import FrameDecoder, encodeFrame
 from netproto.errors import ProtocolError
 from netproto.exec.client import buildRequest, configure, exitStatus
-from netproto.exec.policy import DEFAULT_PATH, ExecPolicy, Prepared
+from netproto.exec.policy import DEFAULT_PATH, ExecPolicy
 from netproto.exec.process import CommandProtocol, exitPayload
-from netproto.exec.protocol import ClientReading, ExecProtocol
-from netproto.exec.server import ExecFactory
+from netproto.exec.protocol import ClientReading
 from netproto.exec.spawn import signalName, signalNumber
-from tests.support import makeContext, token
+from tests.execkit import Conn, FakeProcess, drain, policyFor
 
 # -- policy ------------------------------------------------------------------------
 
@@ -37,31 +32,10 @@ def makeProgram(path: Path) -> Path:
     return path
 
 
-def policyFor(tmp_path: Path, **options: Any) -> ExecPolicy:
-    opts: dict[str, Any] = {"exec-cwd": str(tmp_path)}
-    opts.update(options)
-    return ExecPolicy.fromOptions(opts, environ={"HOME": str(tmp_path), "SECRET": "s3cret"})
-
-
 def refusal(policy: ExecPolicy, request: Mapping[str, Any]) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
         policy.prepare(request, user="alice", peer="127.0.0.1:1")
     return info.value
-
-
-def drain(child: Any) -> bytes:
-    """A spawned child's whole stdout, once it has exited; its descriptors closed."""
-    os.set_blocking(child.stdout, True)
-    out = b""
-    while chunk := os.read(child.stdout, 4096):
-        out += chunk
-    os.close(child.stdout)
-    os.close(child.stderr)
-    while child.poll() is None:
-        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
-    if child.pidfd is not None:
-        os.close(child.pidfd)
-    return out
 
 
 def test_argv_program_is_resolved_on_the_commands_PATH(tmp_path: Path) -> None:
@@ -316,36 +290,6 @@ class FakeSink:
         self.ended.append(command)
 
 
-@implementer(IPushProducer)
-class FakeProcess:
-    """Stands in for the process transport: records what the bridge asks of it."""
-
-    def __init__(self, pid: int = 4242) -> None:
-        self.pid = pid
-        self.calls: list[tuple[str, Any]] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append(("pause", None))
-
-    def resumeProducing(self) -> None:
-        self.calls.append(("resume", None))
-
-    def stopProducing(self) -> None:
-        self.calls.append(("stop", None))
-
-    def signalProcess(self, name: str) -> None:
-        self.calls.append(("signal", name))
-
-    def loseConnection(self) -> None:
-        self.calls.append(("terminate", None))
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("stdin", data))
-
-    def closeStdin(self) -> None:
-        self.calls.append(("closeStdin", None))
-
-
 def bridge(
     timeout: float | None = None, maxPayload: int = 10
 ) -> tuple[CommandProtocol, FakeSink, FakeProcess, Clock]:
@@ -447,59 +391,6 @@ def test_bridge_forwards_signals_until_the_end() -> None:
 
 
 # -- the connection on a StringTransport ---------------------------------------------
-
-
-class ScriptedFactory(ExecFactory):
-    """An exec factory whose commands are FakeProcesses the test ends by hand."""
-
-    def __init__(self, context: Any, policy: ExecPolicy) -> None:
-        super().__init__(context, policy, subreaper=False)
-        self.started: list[tuple[CommandProtocol, FakeProcess, Prepared]] = []
-
-    def startCommand(self, proto: ExecProtocol, prepared: Prepared, user: str) -> CommandProtocol:
-        command = CommandProtocol(proto, self.context.reactor, prepared.timeout, self.maxFrame - 1)
-        process = FakeProcess(pid=1000 + len(self.started))
-        command.makeConnection(process)
-        self.started.append((command, process, prepared))
-        return command
-
-
-class Conn:
-    """One exec connection on a StringTransport, logged in, over a ScriptedFactory."""
-
-    proto: ExecProtocol
-    transport: StringTransport
-
-    def __init__(self, tmp_path: Path, options: Mapping[str, Any] | None = None) -> None:
-        self.clock = MemoryReactorClock()
-        context = makeContext(tmp_path, reactor=self.clock, options=options)
-        self.factory = ScriptedFactory(context, policyFor(tmp_path))
-        proto = self.factory.buildProtocol(None)
-        assert isinstance(proto, ExecProtocol)
-        self.proto = proto
-        self.transport = StringTransport()
-        proto.makeConnection(self.transport)
-        self.send(b"A", json.dumps({"token": token(context)}).encode())
-        assert [k for k, _ in self.frames()] == [b"H", b"K"]
-
-    def send(self, kind: bytes, payload: Any = b"") -> None:
-        if not isinstance(payload, bytes):
-            payload = json.dumps(payload).encode()
-        self.proto.dataReceived(encodeFrame(kind, payload))
-
-    def frames(self) -> list[tuple[bytes, Any]]:
-        d = FrameDecoder(1 << 30)
-        d.feed(self.transport.value())
-        self.transport.clear()
-        out: list[tuple[bytes, Any]] = []
-        while (frame := d.next()) is not None:
-            kind, payload = frame
-            out.append((kind, json.loads(payload) if kind in b"HKEX" else payload))
-        return out
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.transport.disconnecting)
 
 
 def test_second_R_while_running_is_busy_and_the_connection_stays(tmp_path: Path) -> None:
@@ -672,7 +563,6 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path) -> None
     """A command gets its own session, the cwd, only the given environment, stdin
     from /dev/null, no other open descriptor of ours, and SIGPIPE at its default;
     a missing program or cwd is an OSError."""
-    import os
     import signal as signals
 
     from netproto.exec.spawn import spawn

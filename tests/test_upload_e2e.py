@@ -25,7 +25,7 @@ from netproto.upload.client import Job, sendFile
 from netproto.upload.names import PARTIAL_PREFIX
 from netproto.upload.server import makeFactory, uploadDirectory
 from tests.support import NETPROTO, BlockingFramed, Twistd, makeContext, runTwistd, token, waitUntil
-from tests.test_upload_hardening import smallTmpfs
+from tests.uploadkit import smallTmpfs
 
 MiB = 1 << 20
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +20,12 @@ from netproto.upload import store
 from netproto.upload.names import partialName
 from netproto.upload.plugin import DEFAULT_MAX_PER_USER
 from netproto.upload.protocol import UploadProtocol
-from tests.test_upload_protocol import Harness, StepExecutor, error, stored
+from tests.uploadkit import PLANTS, Harness, StepExecutor, error, smallTmpfs, stored
 
 
 @pytest.fixture
 def h(tmp_path: Path) -> Harness:
     return Harness(tmp_path)
-
-
-@contextmanager
-def smallTmpfs(path: Path, size: str, inodes: int = 0) -> Iterator[Path]:
-    """A tiny tmpfs at ``path`` (``inodes`` > 0 bounds its files and
-    directories, the root included): real ENOSPC, for data or for inodes.
-    Unmounted on exit, whatever happened."""
-    path.mkdir(parents=True)
-    options = f"size={size},mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?); the injected ENOSPC test covers it")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def fillInodes(mount: Path, limit: int = 1000) -> list[Path]:
@@ -72,41 +50,6 @@ def remount(path: Path, mode: str) -> None:
 
 
 # -- finding 6: objects planted at the partial file's name -----------------------
-
-
-def plantHardLink(part: Path, outside: Path) -> None:
-    os.link(outside, part)
-
-
-def plantSymlink(part: Path, outside: Path) -> None:
-    part.symlink_to(outside)
-
-
-def plantFifo(part: Path, outside: Path) -> None:
-    os.mkfifo(part)
-
-
-def plantDirectory(part: Path, outside: Path) -> None:
-    part.mkdir()
-
-
-def plantSocket(part: Path, outside: Path) -> None:
-    os.mknod(part, stat.S_IFSOCK | 0o600)  # what bind() leaves; the path is too long to bind
-
-
-def plantForeignFile(part: Path, outside: Path) -> None:
-    part.write_bytes(b"left by someone else")
-    os.chown(part, 4321, 4321)
-
-
-PLANTS: dict[str, Callable[[Path, Path], None]] = {
-    "hard link to an outside file": plantHardLink,
-    "symbolic link to an outside file": plantSymlink,
-    "FIFO": plantFifo,
-    "directory": plantDirectory,
-    "UNIX socket": plantSocket,
-    "regular file of another owner": plantForeignFile,
-}
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["plain", "resume"])

@@ -23,7 +23,7 @@ from netproto.upload.pipeline import Pipeline
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import PartialFile
 from netproto.upload.workers import Lane, WorkerThreads, callNow
-from tests.test_upload_protocol import Harness, SmallDisk, StepExecutor, error, stored
+from tests.uploadkit import Harness, SmallDisk, StepExecutor, error, stored
 
 
 def laneOf(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> object:

@@ -35,7 +35,7 @@ from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublish
 from netproto.errors import ProtocolError
 from netproto.upload.names import RESERVED_PREFIX, partialName
 from netproto.upload.protocol import PHASES, Phase, Step, UploadProtocol
-from tests.test_upload_protocol import Connection, Harness, StepExecutor
+from tests.uploadkit import Connection, Harness, StepExecutor
 
 NAMES = ["a", "b", "d/a", "d/e/f", "d", "é/ü", "../x", "", ".netproto-x", "a/", "a//b"]
 OPTIONS = {

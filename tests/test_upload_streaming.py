@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from netproto.codec import EmptyFrame, FrameDecoder, FrameTooLarge, encodeFrame
 from netproto.upload.protocol import UploadProtocol
-from tests.test_upload_protocol import Connection, Harness
+from tests.uploadkit import Connection, Harness
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from netproto.auth import writeUser
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom, isGuardian
-from tests.adversarial.test_server_attacks import alive, framedClient, runCommand
+from tests.adversarial.probes import alive, framedClient, runCommand
 from tests.support import BlockingFramed, waitUntil
 
 pytestmark = pytest.mark.e2e

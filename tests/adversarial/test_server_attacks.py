@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import random
 import shutil
 import signal
@@ -19,7 +18,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -39,6 +37,7 @@ from tests.adversarial.outside import (
     readUntil,
     serving,
 )
+from tests.adversarial.probes import alive, framedClient, runCommand
 from tests.support import TWISTD, BlockingFramed, runTwistd, waitUntil
 
 pytestmark = pytest.mark.e2e
@@ -47,30 +46,6 @@ MiB = 1 << 20
 
 
 # -- honest clients -----------------------------------------------------------------
-
-
-def framedClient(target: Target, service: str, source: str = HONEST) -> BlockingFramed:
-    """A logged-in exec or upload connection."""
-    client = BlockingFramed(connectFrom(source, target.port(service)))
-    client.login(target.token, service)
-    return client
-
-
-def runCommand(client: BlockingFramed, argv: list[str]) -> tuple[bytes, dict[str, Any]]:
-    """Run ``argv`` to its end: its stdout and its ``X`` payload."""
-    client.sendJSON(b"R", {"argv": argv})
-    client.recvJSON(b"K")
-    out = b""
-    while True:
-        frame = client.recv()
-        assert frame is not None, "the server closed the connection during a command"
-        kind, payload = frame
-        if kind == b"X":
-            end: dict[str, Any] = json.loads(payload)
-            return out, end
-        assert kind in (b"1", b"2"), frame
-        if kind == b"1":
-            out += payload
 
 
 def startUpload(client: BlockingFramed, name: str, size: int) -> None:
@@ -162,14 +137,6 @@ def test_fdExhaustionFromManyAddressesIsSurvived(tmp_path: Path) -> None:
 
 
 # -- signals under load ---------------------------------------------------------------
-
-
-def alive(proc: psutil.Process) -> bool:
-    """Whether ``proc`` (the very process, not a later one with its pid) still runs."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 class MixedLoad:

@@ -27,7 +27,7 @@ from netproto.auth import writeUser
 from netproto.upload.names import PARTIAL_PREFIX, partialName
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
 from tests.support import BlockingFramed, waitUntil
-from tests.test_upload_hardening import plantFifo, plantHardLink, plantSymlink, smallTmpfs
+from tests.uploadkit import plantFifo, plantHardLink, plantSymlink, smallTmpfs
 
 Netproto = Callable[..., AbstractContextManager[Target]]
 
