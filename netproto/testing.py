@@ -244,6 +244,15 @@ class FramedPeer:
             raise AssertionError(f"expected E {code!r}, got E {error!r}")
         return str(error.get("message", ""))
 
+    def take(self) -> list[tuple[bytes, bytes]]:
+        """Every frame that arrived and was not expected yet, oldest first, as
+        ``(kind, payload)``; they count as expected (for a test that looks at
+        a whole exchange at once rather than frame by frame)."""
+        self.flush()
+        frames = list(self._client.frames)
+        self._client.frames.clear()
+        return frames
+
     def expectNothing(self) -> None:
         """No frame is waiting (the server is quiet)."""
         if self._client.frames:

@@ -2,7 +2,7 @@
 R, 0, C, S, W and garbage frames, command output, exits and time, in any state.
 
 In memory (a StringTransport, a Clock, fake processes: see
-``tests/test_exec_units.py``). The promises checked after every step: no
+``tests/execkit.py``). The promises checked after every step: no
 ``E internal`` (nor a logged error: ``tests/conftest.py``), at most one
 command running per connection, and the frames of a command come between its
 ``K`` and its ``X``, ``X`` last.

@@ -1,4 +1,4 @@
-"""The framed base protocol and its decoder, without sockets (StringTransport, Clock)."""
+"""The framed base protocol and its decoder, without sockets (FramedPeer in memory, a Clock)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.base import DelayedCall
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test.iosim import FakeTransport
 
 from netproto.codec import (
     DEFAULT_MAX_FRAME,
@@ -25,6 +26,7 @@ from netproto.codec import (
 )
 from netproto.errors import ERROR_CODES, ProtocolError
 from netproto.framing import CLOSE_GRACE, FramedFactory, FramedProtocol, State
+from netproto.testing import FramedPeer
 from tests.support import makeContext, token
 
 # -- the sans-IO decoder ---------------------------------------------------------
@@ -125,7 +127,7 @@ def test_decodeJSON_refuses_non_objects() -> None:
         assert info.value.code == "bad-frame"
 
 
-# -- the protocol on a StringTransport ----------------------------------------------
+# -- the protocol in memory, driven by a FramedPeer ----------------------------------------------
 
 
 class Recorder(FramedProtocol):
@@ -167,21 +169,16 @@ class RecorderFactory(FramedFactory):
     protocol = Recorder
 
 
-def parseFrames(data: bytes) -> list[tuple[bytes, Any]]:
-    d = FrameDecoder(1 << 30)
-    d.feed(data)
-    out: list[tuple[bytes, Any]] = []
-    while (frame := d.next()) is not None:
-        kind, payload = frame
-        out.append((kind, json.loads(payload) if kind in b"HKE" else payload))
-    return out
-
-
 class Harness:
-    """One Recorder connection on a StringTransport, its time on a MemoryReactorClock."""
+    """One Recorder connection, driven by a :class:`FramedPeer`, its time on a
+    MemoryReactorClock.
 
+    :ivar transport: the server end's in-memory transport (to see it closing).
+    """
+
+    peer: FramedPeer
     proto: Recorder
-    transport: StringTransport
+    transport: FakeTransport
 
     def __init__(self, tmp_path: Path) -> None:
         self.clock = MemoryReactorClock()
@@ -191,12 +188,13 @@ class Harness:
         self.connect()
 
     def connect(self) -> None:
-        """A new connection (the previous one is simply forgotten)."""
-        proto = self.factory.buildProtocol(None)
+        """A new connection whose hello was read (the previous one is simply forgotten)."""
+        self.peer = FramedPeer(self.factory, self.clock)
+        proto = self.peer.server
         assert isinstance(proto, Recorder)
         self.proto = proto
-        self.transport = StringTransport()
-        self.proto.makeConnection(self.transport)
+        assert isinstance(proto.transport, FakeTransport)
+        self.transport = proto.transport
 
     def timers(self) -> list[DelayedCall]:
         """What is on the clock besides the log summary's interval."""
@@ -205,17 +203,18 @@ class Harness:
         return [c for c in calls if c.func != summary]
 
     def frames(self) -> list[tuple[bytes, Any]]:
-        out = parseFrames(self.transport.value())
-        self.transport.clear()
-        return out
+        """The frames received since the last call (JSON ones decoded)."""
+        return [(k, json.loads(p) if k in b"HKE" else p) for k, p in self.peer.take()]
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
-        self.proto.dataReceived(encodeFrame(kind, payload))
+        self.peer.send(kind, payload)
+
+    def sendRaw(self, data: bytes) -> None:
+        """Bytes as they are: a length alone, part of a frame."""
+        self.peer.sendRaw(data)
 
     def login(self) -> None:
-        self.frames()
-        self.send(b"A", json.dumps({"token": self.token}).encode())
-        assert self.frames() == [(b"K", {"user": "token"})]
+        self.peer.login(self.token)
 
 
 @pytest.fixture
@@ -225,13 +224,13 @@ def h(tmp_path: Path) -> Harness:
 
 def test_hello_is_the_first_frame(h: Harness) -> None:
     """The server speaks first: H with service, protocol, server, auth and max_frame."""
-    [(kind, hello)] = h.frames()
-    assert kind == b"H"
-    assert hello["service"] == "exec"
-    assert hello["protocol"] == 1
-    assert hello["server"].startswith("netproto/")
-    assert hello["auth"] == ["token"]
-    assert hello["max_frame"] == DEFAULT_MAX_FRAME
+    hello = h.peer.hello  # FramedPeer fails unless the first frame is a valid H
+    assert hello.service == "exec"
+    assert hello.protocol == 1
+    assert hello.server.startswith("netproto/")
+    assert hello.auth == ("token",)
+    assert hello.maxFrame == DEFAULT_MAX_FRAME
+    assert h.frames() == []
 
 
 def test_good_token_authenticates_and_frames_flow(h: Harness) -> None:
@@ -331,7 +330,7 @@ def test_authenticated_connection_has_no_grace_timer(h: Harness) -> None:
 def test_huge_length_before_auth_is_refused_at_once(h: Harness) -> None:
     """A length of 2^31 gets E frame-too-large from the 4 length bytes alone."""
     h.frames()
-    h.proto.dataReceived(struct.pack(">I", 2**31))
+    h.sendRaw(struct.pack(">I", 2**31))
     [(kind, err)] = h.frames()
     assert err["code"] == "frame-too-large"
     assert h.transport.disconnecting
@@ -340,14 +339,14 @@ def test_huge_length_before_auth_is_refused_at_once(h: Harness) -> None:
 def test_limit_rises_after_auth(h: Harness) -> None:
     """4 KiB before authentication; max_frame after it."""
     h.frames()
-    h.proto.dataReceived(struct.pack(">I", PRE_AUTH_MAX_FRAME + 1))
+    h.sendRaw(struct.pack(">I", PRE_AUTH_MAX_FRAME + 1))
     assert h.frames()[0][1]["code"] == "frame-too-large"
 
     h.connect()
     h.login()
     h.send(b"Z", b"x" * (DEFAULT_MAX_FRAME - 1))
     assert h.proto.got == [b"x" * (DEFAULT_MAX_FRAME - 1)]
-    h.proto.dataReceived(struct.pack(">I", DEFAULT_MAX_FRAME + 1))
+    h.sendRaw(struct.pack(">I", DEFAULT_MAX_FRAME + 1))
     assert h.frames()[0][1]["code"] == "frame-too-large"
 
 
@@ -369,7 +368,7 @@ def test_second_auth_is_a_bad_frame(h: Harness) -> None:
 def test_zero_length_frame_is_a_bad_frame(h: Harness) -> None:
     """A length of 0 is malformed."""
     h.login()
-    h.proto.dataReceived(b"\0\0\0\0")
+    h.sendRaw(b"\0\0\0\0")
     assert h.frames()[0][1]["code"] == "bad-frame"
     assert h.transport.disconnecting
 
@@ -400,9 +399,7 @@ def test_a_bug_in_a_handler_is_internal_and_logged(
 def test_frames_pipelined_with_auth_wait_for_it(h: Harness) -> None:
     """A, then service frames in the same read: the frames are served after the login."""
     h.frames()
-    h.proto.dataReceived(
-        encodeFrame(b"A", json.dumps({"token": h.token}).encode()) + encodeFrame(b"Z", b"1")
-    )
+    h.sendRaw(encodeFrame(b"A", json.dumps({"token": h.token}).encode()) + encodeFrame(b"Z", b"1"))
     assert h.proto.got == [b"1"]
 
 
@@ -452,7 +449,7 @@ def test_malformed_requests_after_auth_are_a_bad_frame(h: Harness, payload: byte
 
 def announce(h: Harness, kind: bytes = b"Z", length: int = 1000) -> None:
     """The header of a frame of ``length`` bytes, and nothing of its payload."""
-    h.proto.dataReceived(struct.pack(">I", length) + kind)
+    h.sendRaw(struct.pack(">I", length) + kind)
 
 
 def timedOut(h: Harness, why: str) -> bool:
@@ -463,7 +460,7 @@ def timedOut(h: Harness, why: str) -> bool:
         return False
     assert frames[0][1]["code"] == "timeout"
     assert why in frames[0][1]["message"]
-    return h.transport.disconnecting
+    return bool(h.transport.disconnecting)
 
 
 def test_frame_trickled_after_auth_is_cut_at_the_deadline(h: Harness) -> None:
@@ -473,7 +470,7 @@ def test_frame_trickled_after_auth_is_cut_at_the_deadline(h: Harness) -> None:
     announce(h)
     for _ in range(int(h.factory.frameTimeout) - 1):
         h.clock.advance(1)
-        h.proto.dataReceived(b"x")
+        h.sendRaw(b"x")
     assert not timedOut(h, "frame")
     h.clock.advance(1)
     assert timedOut(h, "frame")
@@ -486,7 +483,7 @@ def test_frame_trickled_before_auth_is_cut_at_the_deadline(h: Harness) -> None:
     h.frames()
     announce(h, b"A", 100)
     h.clock.advance(4.9)
-    h.proto.dataReceived(b"{")
+    h.sendRaw(b"{")
     assert not timedOut(h, "frame")
     h.clock.advance(0.1)
     assert timedOut(h, "frame")
@@ -500,9 +497,9 @@ def test_frames_that_each_arrive_in_time_are_never_cut(h: Harness) -> None:
     stream = frame * 10
     step = h.factory.frameTimeout * 0.9
     for start in range(0, len(stream), len(frame)):
-        h.proto.dataReceived(stream[start : start + 50])
+        h.sendRaw(stream[start : start + 50])
         h.clock.advance(step)
-        h.proto.dataReceived(stream[start + 50 : start + len(frame)])
+        h.sendRaw(stream[start + 50 : start + len(frame)])
     assert h.proto.got == [b"z" * 99] * 10
     assert not h.transport.disconnecting
 
@@ -515,7 +512,7 @@ def test_a_trickle_sets_no_timer_per_byte(h: Harness) -> None:
     assert len(calls) == 1
     for _ in range(100):
         h.clock.advance(0.1)
-        h.proto.dataReceived(b"x")
+        h.sendRaw(b"x")
     assert [(call, call.getTime()) for call in h.timers()] == calls
 
 
@@ -581,10 +578,15 @@ def test_zero_turns_the_deadlines_off(h: Harness) -> None:
 def test_closed_connection_that_does_not_drain_is_aborted(h: Harness) -> None:
     """After a fatal error the peer has CLOSE_GRACE seconds to take its E frame;
     a peer that does not read is then aborted, so it cannot keep its buffers."""
-    h.login()
-    h.send(b"?")
-    assert h.transport.disconnecting
+    # A peer that never reads: a StringTransport (in-memory transports always drain).
+    proto = h.factory.buildProtocol(None)
+    assert proto is not None
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(encodeFrame(b"A", json.dumps({"token": h.token}).encode()))
+    proto.dataReceived(encodeFrame(b"?"))
+    assert transport.disconnecting
     h.clock.advance(CLOSE_GRACE - 0.1)
-    assert not h.transport.disconnected
+    assert not transport.disconnected
     h.clock.advance(0.1)
-    assert h.transport.disconnected
+    assert transport.disconnected

@@ -112,3 +112,16 @@ def test_expect_names_what_came_instead(tmp_path: Path) -> None:
     assert peer.expectJSON(b"K") == {"user": "token"}  # a failed expectation keeps the frame
     with pytest.raises(AssertionError, match="none came"):
         peer.expect(b"K")
+
+
+def test_take_returns_every_waiting_frame_and_counts_them_expected(tmp_path: Path) -> None:
+    """take() hands over all frames not yet expected, oldest first, and leaves none."""
+    peer, _, token = uploadPeer(tmp_path)
+    peer.login(token)
+    peer.sendJSON(b"P", {"name": "../escape", "size": 1})
+    peer.sendJSON(b"P", {"name": "ok", "size": 0})
+    taken = peer.take()
+    assert [kind for kind, _ in taken] == [b"E", b"K"]
+    assert b"invalid-name" in taken[0][1]
+    assert peer.take() == []
+    peer.expectNothing()
