@@ -1,6 +1,6 @@
 """exec test doubles shared by the exec tests: the policy for a test directory, fake
-processes, a factory whose commands the test ends by hand, a logged-in connection on a
-StringTransport, and reading a spawned child to its end."""
+processes, a factory whose commands the test ends by hand, a logged-in connection driven
+by a FramedPeer, and reading a spawned child to its end."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
 
-from netproto.codec import FrameDecoder, encodeFrame
 from netproto.exec.policy import ExecPolicy, Prepared
 from netproto.exec.process import CommandProtocol
 from netproto.exec.protocol import ExecProtocol
 from netproto.exec.server import ExecFactory
+from netproto.testing import FramedPeer
 from tests.support import makeContext, token
 
 
@@ -89,37 +90,44 @@ class ScriptedFactory(ExecFactory):
 
 
 class Conn:
-    """One exec connection on a StringTransport, logged in, over a ScriptedFactory."""
+    """One exec connection over a ScriptedFactory, logged in, driven by a
+    :class:`FramedPeer` (in memory), its time on a MemoryReactorClock.
+
+    :ivar transport: the server end's in-memory transport (to see it closing).
+    """
 
     proto: ExecProtocol
-    transport: StringTransport
+    transport: FakeTransport
 
     def __init__(self, tmp_path: Path, options: Mapping[str, Any] | None = None) -> None:
         self.clock = MemoryReactorClock()
         context = makeContext(tmp_path, reactor=self.clock, options=options)
         self.factory = ScriptedFactory(context, policyFor(tmp_path))
-        proto = self.factory.buildProtocol(None)
+        self.peer = FramedPeer(self.factory, self.clock)
+        proto = self.peer.server
         assert isinstance(proto, ExecProtocol)
         self.proto = proto
-        self.transport = StringTransport()
-        proto.makeConnection(self.transport)
-        self.send(b"A", json.dumps({"token": token(context)}).encode())
-        assert [k for k, _ in self.frames()] == [b"H", b"K"]
+        assert isinstance(proto.transport, FakeTransport)
+        self.transport = proto.transport
+        self.peer.login(token(context))
 
     def send(self, kind: bytes, payload: Any = b"") -> None:
+        """A frame; a payload that is not bytes is sent as its JSON."""
         if not isinstance(payload, bytes):
             payload = json.dumps(payload).encode()
-        self.proto.dataReceived(encodeFrame(kind, payload))
+        self.peer.send(kind, payload)
+
+    def sendRaw(self, data: bytes) -> None:
+        """Bytes as they are, whole frames or not."""
+        self.peer.sendRaw(data)
 
     def frames(self) -> list[tuple[bytes, Any]]:
-        d = FrameDecoder(1 << 30)
-        d.feed(self.transport.value())
-        self.transport.clear()
-        out: list[tuple[bytes, Any]] = []
-        while (frame := d.next()) is not None:
-            kind, payload = frame
-            out.append((kind, json.loads(payload) if kind in b"HKEX" else payload))
-        return out
+        """The frames received since the last call (JSON ones decoded)."""
+        return [(k, json.loads(p) if k in b"HKEX" else p) for k, p in self.peer.take()]
+
+    def drop(self) -> None:
+        """The client goes away."""
+        self.peer.close()
 
     @property
     def closed(self) -> bool:

@@ -1,7 +1,7 @@
 """exec's connection as a state machine, driven by Hypothesis: any sequence of
 R, 0, C, S, W and garbage frames, command output, exits and time, in any state.
 
-In memory (a StringTransport, a Clock, fake processes: see
+In memory (a FramedPeer, a Clock, fake processes: see
 ``tests/execkit.py``). The promises checked after every step: no
 ``E internal`` (nor a logged error: ``tests/conftest.py``), at most one
 command running per connection, and the frames of a command come between its
@@ -122,13 +122,12 @@ class ExecMachine(RuleBasedStateMachine):
     @rule(data=st.binary(min_size=1, max_size=12))
     def rawBytes(self, data: bytes) -> None:
         """Bytes that need not make whole frames (a length, half a header...)."""
-        self.c.proto.dataReceived(data)
+        self.c.sendRaw(data)
 
     @precondition(lambda self: self.open)
     @rule()
     def disconnect(self) -> None:
-        self.c.proto.connectionLost(Failure(ConnectionError("gone")))
-        self.c.transport.disconnecting = True
+        self.c.drop()
 
     # -- the command and time ---------------------------------------------------------
 
