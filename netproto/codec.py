@@ -351,6 +351,10 @@ class Hello:
     authentication methods it takes and the largest frame it accepts once
     authenticated.
 
+    :ivar features: the optional parts of PROTOCOL.md sections 5 and 6 the
+        server offers (``"pty"`` on exec; ``"list"``, ``"get"``,
+        ``"pipeline"`` on upload). A client checks it before using them; a
+        version-1 client ignores it.
     :ivar extra: fields this version does not know (a newer server's), kept
         so that a client can look at them; a client ignores what it does not
         know (PROTOCOL.md: new optional fields may appear in any payload).
@@ -361,6 +365,7 @@ class Hello:
     maxFrame: int = DEFAULT_MAX_FRAME
     protocol: int = PROTOCOL_VERSION
     server: str = f"netproto/{__version__}"
+    features: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
@@ -372,6 +377,7 @@ class Hello:
                 "server": self.server,
                 "auth": list(self.auth),
                 "max_frame": self.maxFrame,
+                "features": list(self.features),
                 **self.extra,
             }
         )
@@ -394,11 +400,14 @@ class Hello:
         server = fields.pop("server", "")
         auth = fields.pop("auth", [])
         maxFrame = fields.pop("max_frame", DEFAULT_MAX_FRAME)
+        features = fields.pop("features", [])
         if not isinstance(service, str) or not isinstance(server, str):
             raise ProtocolError("bad-frame", "hello: 'service' and 'server' must be strings")
         if not isinstance(auth, list) or not all(isinstance(m, str) for m in auth):
             raise ProtocolError("bad-frame", "hello: 'auth' must be a list of strings")
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ProtocolError("bad-frame", "hello: 'features' must be a list of strings")
         for name, value in (("protocol", protocol), ("max_frame", maxFrame)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProtocolError("bad-frame", f"hello: {name!r} must be a whole number >= 1")
-        return cls(service, tuple(auth), maxFrame, protocol, server, fields)
+        return cls(service, tuple(auth), maxFrame, protocol, server, tuple(features), fields)

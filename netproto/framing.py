@@ -220,7 +220,12 @@ class FramedProtocol(Protocol):
             peer=self.peer,
         )
         ctx = self.factory.context
-        hello = Hello(self.serviceName, tuple(ctx.authMethods), self.factory.maxFrame)
+        hello = Hello(
+            self.serviceName,
+            tuple(ctx.authMethods),
+            self.factory.maxFrame,
+            features=self.factory.features,
+        )
         self.sendFrame(b"H", hello.encode())
         self._graceTimer = ctx.reactor.callLater(self.factory.graceTimeout, self._graceExpired)
 
@@ -558,6 +563,8 @@ class FramedFactory(ServerFactory):
         first byte (``--frame-timeout``; 0: no limit).
     :ivar idleTimeout: seconds an authenticated connection may stay idle
         (``--idle-timeout``; 0: no limit).
+    :ivar features: what the hello offers of PROTOCOL.md sections 5 and 6;
+        a service sets it to what it implements and its options allow.
     """
 
     protocol = FramedProtocol  # type: ignore[assignment]
@@ -565,6 +572,7 @@ class FramedFactory(ServerFactory):
     authFailureDelay: float = 1.0
     frameTimeout: float = DEFAULT_FRAME_TIMEOUT
     idleTimeout: float = DEFAULT_IDLE_TIMEOUT
+    features: tuple[str, ...] = ()
 
     def __init__(self, context: ServerContext, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
         self.context = context

@@ -48,6 +48,8 @@ def test_hello_comes_first(server: Twistd, service: str) -> None:
         assert hello["protocol"] == 1
         assert hello["auth"] == ["token"]
         assert hello["max_frame"] == 256 * 1024 + 1
+        # PROTOCOL.md section 2: the optional parts offered (sections 5, 6).
+        assert isinstance(hello["features"], list)
     finally:
         conn.close()
 

@@ -36,7 +36,7 @@ def test_frame_header_before_its_payload_is_the_frame() -> None:
 def test_hello_round_trips_through_the_decoder() -> None:
     """A hello built by a server reads back the same on the client, field by field,
     and its payload keeps PROTOCOL.md's field order."""
-    hello = Hello("upload", ("token",), 1000, extra={"features": ["list"]})
+    hello = Hello("upload", ("token",), 1000, features=("list", "get"), extra={"motd": "hi"})
     payload = hello.encode()
     assert payload.startswith(b'{"service":"upload","protocol":1,"server":"netproto/')
     decoder = FrameDecoder(maxFrame=4096)
@@ -50,6 +50,7 @@ def test_hello_defaults_apply_to_missing_fields() -> None:
     """A hello without ``max_frame`` means the default limit (an older server)."""
     hello = Hello.decode(b'{"service":"exec","auth":["password"]}')
     assert (hello.service, hello.auth, hello.maxFrame) == ("exec", ("password",), DEFAULT_MAX_FRAME)
+    assert hello.features == ()
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,8 @@ def test_hello_defaults_apply_to_missing_fields() -> None:
         b'{"auth":["token"]}',
         b'{"service":"exec","auth":"token"}',
         b'{"service":"exec","auth":[1]}',
+        b'{"service":"exec","auth":["token"],"features":"pty"}',
+        b'{"service":"exec","auth":["token"],"features":[1]}',
         b'{"service":"exec","auth":[],"max_frame":0}',
         b'{"service":"exec","auth":[],"max_frame":true}',
         b'{"service":"exec","auth":[],"protocol":"1"}',
