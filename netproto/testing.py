@@ -21,12 +21,13 @@ from typing import Any, Final
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
-from twisted.test.iosim import IOPump, connectedServerAndClient
+from twisted.test.iosim import FakeTransport, IOPump
+from zope.interface import implementer
 
 from netproto.auth import makePortal
 from netproto.codec import FrameDecoder, Hello, decodeJSON, encodeFrame, encodeJSON
@@ -83,20 +84,90 @@ def serveInMemory(
     Returns ``(server, client, pump)``; call ``pump.flush()`` to move bytes
     both ways until both sides are quiet.
 
+    Both ends' transports are :class:`PausableTransport`: a protocol that
+    pauses reading (``transport.pauseProducing()``) gets nothing more until it
+    resumes, as over TCP; what was sent meanwhile is delivered by the next
+    pump after the resume.
+
     :param clock: the :class:`~twisted.internet.task.Clock` the pump runs
         (``callLater(0, ...)`` calls fire on each pump); pass the reactor of
         the service's context (a :class:`MemoryReactorClock` from
         :func:`makeContext`) so that the service's timers and the pump share
         one time. Default: a clock of its own.
     """
-    clientProto, server, pump = connectedServerAndClient(
-        lambda: serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242)),
-        lambda: client,
-        greet=True,
-        **({} if clock is None else {"clock": clock}),
-    )
+    server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242))
     assert server is not None, "the factory refused the connection"
-    return server, clientProto, pump
+    serverIO = PausableTransport(server, isServer=True)
+    clientIO = PausableTransport(client, isServer=False)
+    server.makeConnection(serverIO)
+    client.makeConnection(clientIO)
+    pump = _Pump(client, server, clientIO, serverIO, False, clock=clock)
+    pump.flush()
+    return server, client, pump
+
+
+@implementer(IPushProducer)
+class PausableTransport(FakeTransport):
+    """iosim's in-memory transport, with paused reading modelled.
+
+    :class:`~twisted.test.iosim.FakeTransport` has ``pauseProducing`` and
+    ``resumeProducing`` as no-ops, so a protocol that pauses reading (the
+    framed base while a password is checked, upload for backpressure, exec
+    while a command's stdin is full) still got every byte in a test. Here,
+    while paused, bytes that arrive are held, in order; after
+    ``resumeProducing`` they are delivered, as one read, by the next pump of
+    the :class:`IOPump` (never inside ``resumeProducing``: like a TCP
+    transport, which reads again on the next reactor iteration).
+
+    A close by the other end is reported at once even while paused, and what
+    was held is then dropped (as a reset would do): a test of a peer that
+    goes away needs no resume.
+    """
+
+    def __init__(self, protocol: IProtocol, isServer: bool) -> None:
+        super().__init__(protocol, isServer)
+        #: Whether reading is paused (``pauseProducing`` called, not yet resumed).
+        self.paused = False
+        #: What arrived while paused (or since the resume), not yet delivered.
+        self.held: list[bytes] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def bufferReceived(self, buf: object) -> None:
+        if isinstance(buf, bytes) and (self.paused or self.held):
+            self.held.append(buf)
+            return
+        super().bufferReceived(buf)
+
+    def deliverHeld(self) -> bool:
+        """Deliver what was held if reading is no longer paused; whether it did."""
+        if self.paused or not self.held or self.disconnected:
+            return False
+        data = b"".join(self.held)
+        self.held.clear()
+        self.protocol.dataReceived(data)
+        return True
+
+    def reportDisconnect(self) -> None:
+        self.held.clear()
+        super().reportDisconnect()
+
+
+class _Pump(IOPump):
+    """An :class:`IOPump` that also delivers what a resumed transport held."""
+
+    serverIO: PausableTransport
+    clientIO: PausableTransport
+
+    def pump(self, debug: bool = False, advanceClock: bool = True) -> bool:
+        if advanceClock:
+            self.clock.advance(0)
+        held = self.serverIO.deliverHeld() | self.clientIO.deliverHeld()
+        return bool(super().pump(debug, advanceClock=False)) or held
 
 
 class _FrameCollector(Protocol):
@@ -346,6 +417,7 @@ def _garbage() -> Sequence[bytes]:
 __all__ = [
     "PEER_MAX_FRAME",
     "FramedPeer",
+    "PausableTransport",
     "checkService",
     "defaultOptions",
     "makeContext",

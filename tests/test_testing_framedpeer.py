@@ -6,11 +6,20 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from netproto.codec import HEADER, PRE_AUTH_MAX_FRAME
 from netproto.framing import FramedFactory
-from netproto.testing import FramedPeer, defaultOptions, makeContext, readToken
+from netproto.testing import (
+    FramedPeer,
+    PausableTransport,
+    defaultOptions,
+    makeContext,
+    readToken,
+)
 from netproto.upload import plugin
 from netproto.upload.server import makeFactory, uploadDirectory
 
@@ -90,6 +99,42 @@ def test_a_wrong_password_is_answered_after_the_delay(tmp_path: Path) -> None:
     other.advance(factory.authFailureDelay)
     other.expectError("auth-failed")
     other.expectClosed()
+
+
+@implementer(ICredentialsChecker)
+class SlowChecker:
+    """A password checker whose answers the test gives (as a thread pool would, later)."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[bytes | tuple[()]]] = []
+
+    def requestAvatarId(self, credentials: object) -> Deferred[bytes | tuple[()]]:
+        d: Deferred[bytes | tuple[()]] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_what_is_sent_while_a_password_is_checked_waits_unread(tmp_path: Path) -> None:
+    """The framed base pauses reading while a password is checked: the peer's next
+    frame stays in the transport, unread, and is answered after the K."""
+    context = makeContext(tmp_path, options=defaultOptions(plugin.service))
+    checker = SlowChecker()
+    context.portal.registerChecker(checker)
+    context.authMethods = ("token", "password")
+    peer = FramedPeer(makeFactory(context))
+    transport = getattr(peer.server, "transport", None)
+    assert isinstance(transport, PausableTransport)
+    peer.sendJSON(b"A", {"user": "ada", "password": "pw"})
+    peer.sendJSON(b"P", {"name": "a", "size": 0})
+    assert transport.paused
+    assert len(transport.held) == 1
+    checker.pending.pop().callback(b"ada")
+    peer.flush()
+    assert not transport.paused and not transport.held
+    assert peer.expectJSON(b"K") == {"user": "ada"}
+    assert peer.expectJSON(b"K") == {"offset": 0}
 
 
 def test_the_grace_period_runs_on_the_clock(tmp_path: Path) -> None:
