@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
-from netproto.codec import decodeJSON
+from netproto.codec import decodeJSON, encodeJSON
 from netproto.errors import ProtocolError
 from netproto.framing import FramedProtocol
+from netproto.upload.listing import Listing, Source
 from netproto.upload.names import splitName
+from netproto.upload.outflow import BATCH_FRAMES, Batch, Outflow
 from netproto.upload.pipeline import Pipeline, Upload
+from netproto.upload.workers import Lane
 
 if TYPE_CHECKING:
     from netproto.upload.server import UploadFactory
@@ -53,6 +56,8 @@ class Phase(enum.Enum):
     RECEIVING = "receiving"  # K ready sent: D frames, then F
     DISCARDING = "discarding"  # an E was sent mid-file: its D frames and F are dropped
     FINISHING = "finishing"  # F received: last writes, checks, fsync, rename
+    LISTING = "listing"  # L received: I frames, then K listed (or an E)
+    SENDING = "sending"  # G received: K sending, D frames, then F (or an E)
 
 
 class Step(enum.Enum):
@@ -68,6 +73,8 @@ class Step(enum.Enum):
     FAILED = "failed"
     #: ``K stored`` is sent
     STORED = "stored"
+    #: the answer to an ``L`` or a ``G`` ended (its last frame, or an ``E``)
+    ANSWERED = "answered"
     #: the connection is gone
     LOST = "lost"
 
@@ -77,7 +84,12 @@ class Step(enum.Enum):
 #: ``D`` in RECEIVING stays there without a change; a ``P`` while discarding
 #: starts the next file (the client gave up the failed one without its F).
 PHASES: Final[Mapping[Phase, Mapping[bytes | Step, Phase]]] = {
-    Phase.IDLE: {b"P": Phase.OPENING, Step.LOST: Phase.IDLE},
+    Phase.IDLE: {
+        b"P": Phase.OPENING,
+        b"L": Phase.LISTING,
+        b"G": Phase.SENDING,
+        Step.LOST: Phase.IDLE,
+    },
     Phase.OPENING: {Step.OPENED: Phase.RECEIVING, Step.REFUSED: Phase.IDLE, Step.LOST: Phase.IDLE},
     Phase.RECEIVING: {
         b"D": Phase.RECEIVING,
@@ -89,16 +101,28 @@ PHASES: Final[Mapping[Phase, Mapping[bytes | Step, Phase]]] = {
         b"D": Phase.DISCARDING,
         b"F": Phase.IDLE,
         b"P": Phase.OPENING,
+        b"L": Phase.LISTING,
+        b"G": Phase.SENDING,
         Step.LOST: Phase.IDLE,
     },
     Phase.FINISHING: {Step.STORED: Phase.IDLE, Step.FAILED: Phase.IDLE, Step.LOST: Phase.IDLE},
+    # A client waits for the end of an answer before its next request.
+    Phase.LISTING: {Step.ANSWERED: Phase.IDLE, Step.LOST: Phase.IDLE},
+    Phase.SENDING: {Step.ANSWERED: Phase.IDLE, Step.LOST: Phase.IDLE},
 }
 
 
-def _boolField(request: Mapping[str, Any], key: str) -> bool:
+def _boolField(request: Mapping[str, Any], key: str, frame: str = "P") -> bool:
     value = request.get(key, False)
     if not isinstance(value, bool):
-        raise ProtocolError("bad-frame", f"P: {key!r} must be true or false")
+        raise ProtocolError("bad-frame", f"{frame}: {key!r} must be true or false")
+    return value
+
+
+def _countField(request: Mapping[str, Any], key: str, frame: str) -> int:
+    value = request.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError("bad-frame", f"{frame}: {key!r} must be a whole number >= 0")
     return value
 
 
@@ -121,6 +145,8 @@ class UploadProtocol(FramedProtocol):
         self.upload: Upload | None = None
         #: the way to the disk (set once authenticated)
         self.pipeline: Pipeline | None = None
+        #: the answer to an L or a G being sent
+        self.outflow: Outflow | None = None
         self._paused = False
 
     def authenticated(self) -> None:
@@ -149,9 +175,9 @@ class UploadProtocol(FramedProtocol):
         if b"P" not in PHASES[self.phase]:
             self._nextPhase(b"P")  # bad-frame
         request = decodeJSON(payload)
-        size = request.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ProtocolError("bad-frame", "P: 'size' must be a whole number of bytes >= 0")
+        if "size" not in request:
+            raise ProtocolError("bad-frame", "P: 'size' is missing")
+        size = _countField(request, "size", "P")
         overwrite, resume = _boolField(request, "overwrite"), _boolField(request, "resume")
         self._nextPhase(b"P")  # a P while discarding ends the failed file
         self.upload = None
@@ -185,14 +211,7 @@ class UploadProtocol(FramedProtocol):
         # One line per stored file is the audit trail; a line per start only
         # for resumes (a log event costs as much as a small file's syscalls).
         if offset:
-            self.log.info(
-                "upload: {peer} ({user}) resumes {name} ({size} bytes from {offset})",
-                peer=self.peer,
-                user=self._user(),
-                name=upload.name,
-                size=upload.size,
-                offset=offset,
-            )
+            self._logFrom("resumes", upload.name, upload.size, offset)
         self._reply({"offset": offset})
 
     def _openFailed(self, failure: Failure, upload: Upload) -> None:
@@ -264,7 +283,122 @@ class UploadProtocol(FramedProtocol):
         self.dataFailed(upload, failure.value)  # type: ignore[arg-type]
         self._updateFlow()
 
-    frameHandlers = {b"P": putReceived, b"D": dataFrameReceived, b"F": finishReceived}
+    # -- L and G: reading back (PROTOCOL.md section 6) --------------------------------
+
+    def listReceived(self, payload: bytes) -> None:
+        """``L``: list a directory (or a tree), one ``I`` frame at a time."""
+        if b"L" not in PHASES[self.phase]:
+            self._nextPhase(b"L")  # bad-frame
+        request = decodeJSON(payload)
+        path = request.get("path", "")
+        if not isinstance(path, str):
+            raise ProtocolError("bad-frame", "L: 'path' must be a string")
+        recursive = _boolField(request, "recursive", "L")
+        self._nextPhase(b"L")
+        self.upload = None
+        try:
+            segments = splitName(path) if path.strip("/") else ()
+        except ProtocolError as e:
+            self._answered(Failure(e))
+            return
+        store = self.factory.store
+        lane = self._lane()
+        d = lane.run(Listing, store.rootFD, segments, recursive, self.factory.maxFrame - 1)
+        d.addCallbacks(self._listing, self._answered)
+
+    def _listing(self, listing: Listing) -> None:
+        def produce() -> Batch:
+            payload = listing.nextPayload()
+            if payload is None:
+                return [(b"K", encodeJSON({"count": listing.count}))], True
+            return [(b"I", payload)], False
+
+        self._stream(produce, listing.close)
+
+    def getReceived(self, payload: bytes) -> None:
+        """``G``: send a file from an offset, then its whole SHA-256."""
+        if b"G" not in PHASES[self.phase]:
+            self._nextPhase(b"G")  # bad-frame
+        request = decodeJSON(payload)
+        offset = _countField(request, "offset", "G")
+        name = request.get("name")
+        self._nextPhase(b"G")
+        self.upload = None
+        try:
+            segments = splitName(name)
+        except ProtocolError as e:
+            self._answered(Failure(e))
+            return
+        d = self._lane().run(Source, self.factory.store.rootFD, segments)
+        d.addCallbacks(self._sending, self._answered, (offset,))
+
+    def _sending(self, source: Source, offset: int) -> None:
+        if self.phase is not Phase.SENDING:  # the connection went away meanwhile
+            self._lane().run(source.close)
+            return
+        if offset > source.size:
+            self._lane().run(source.close)
+            self._answered(
+                Failure(
+                    ProtocolError(
+                        "size-mismatch",
+                        f"{source.name}: offset {offset} is past its end ({source.size} bytes)",
+                        fatal=False,
+                    )
+                )
+            )
+            return
+        self._reply({"size": source.size, "offset": offset})
+        frameSize = self.factory.maxFrame - 1
+
+        def produce() -> Batch:
+            if source.position < offset:
+                source.skipTo(offset)
+            frames = [(b"D", piece) for piece in source.read(frameSize, BATCH_FRAMES)]
+            if source.position < source.size:
+                return frames, False
+            frames.append((b"F", encodeJSON({"sha256": source.finish()})))
+            return frames, True
+
+        self._logFrom("fetches", source.name, source.size, offset)
+        self._stream(produce, source.close)
+
+    def _stream(self, produce: Callable[[], Batch], cleanup: Callable[[], None]) -> None:
+        """Send an answer's frames as the client takes them (:class:`Outflow`)."""
+        if self.phase is not Phase.LISTING and self.phase is not Phase.SENDING:
+            self._lane().run(cleanup)  # the connection went away meanwhile
+            return
+        outflow = Outflow(self._lane(), produce, self.sendFrame, self._answered, cleanup)
+        self.outflow = outflow
+        assert self.sender is not None
+        self.sender.setOutput(outflow)
+        outflow.start()
+
+    def _answered(self, failure: Failure | None) -> None:
+        """The answer to an ``L`` or a ``G`` ended: with its last frame, or
+        with ``failure`` (an ``E`` for a :class:`ProtocolError`)."""
+        if self.outflow is not None:
+            self.outflow = None
+            if self.sender is not None:
+                self.sender.setOutput(None)
+        if self.phase is not Phase.LISTING and self.phase is not Phase.SENDING:
+            return  # the connection is gone
+        self._nextPhase(Step.ANSWERED)
+        if failure is not None:
+            self._handlerFailed(failure)
+
+    def _lane(self) -> Lane:
+        """Where this connection's disk work runs, one call at a time."""
+        assert self.pipeline is not None
+        return self.pipeline.writer
+
+    frameHandlers = {
+        b"P": putReceived,
+        b"D": dataFrameReceived,
+        b"F": finishReceived,
+        b"L": listReceived,
+        b"G": getReceived,
+    }
 
     # -- what the pipeline reports (PipelineOwner) -----------------------------------
 
@@ -301,6 +435,9 @@ class UploadProtocol(FramedProtocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         upload, phase = self.upload, self.phase
         self.upload = None
+        if self.outflow is not None:
+            self.outflow.stop()
+            self.outflow = None
         self._nextPhase(Step.LOST)
         if upload is not None and upload.partial is not None:
             assert self.pipeline is not None
@@ -329,6 +466,10 @@ class UploadProtocol(FramedProtocol):
         slot and reserved quota."""
         if self.phase is Phase.OPENING or self.phase is Phase.FINISHING:
             return True
+        if self.phase is Phase.LISTING or self.phase is Phase.SENDING:
+            # Opening what to send is work; then only an answer that moves
+            # is: a client that takes nothing leaves its connection idle.
+            return self.outflow is None or self.outflow.progressed()
         return self.pipeline is not None and self.pipeline.busy
 
     def readingPaused(self) -> bool:
@@ -348,6 +489,18 @@ class UploadProtocol(FramedProtocol):
         elif self._paused and queued <= self.lowWater:
             self._paused = False
             cast(IPushProducer, self.transport).resumeProducing()
+
+    def _logFrom(self, what: str, name: str, size: int, offset: int) -> None:
+        """One audit line for a transfer that starts (a resume, a download)."""
+        self.log.info(
+            "upload: {peer} ({user}) {what} {name} ({size} bytes from {offset})",
+            peer=self.peer,
+            user=self._user(),
+            what=what,
+            name=name,
+            size=size,
+            offset=offset,
+        )
 
     def _user(self) -> str:
         return self.avatar.name if self.avatar is not None else "?"

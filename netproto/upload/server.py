@@ -51,6 +51,8 @@ class UploadFactory(FramedFactory):
     """
 
     protocol = UploadProtocol
+    #: PROTOCOL.md section 6: listing and downloads.
+    features = ("list", "get")
 
     def __init__(
         self,

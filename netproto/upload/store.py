@@ -48,6 +48,7 @@ from typing import Final
 from twisted.logger import Logger
 
 from netproto.errors import ErrorCode, ProtocolError
+from netproto.upload import digests
 from netproto.upload.names import isPartialName, partialName
 
 log = Logger()
@@ -298,6 +299,9 @@ class PartialFile:
                 "checksum-mismatch",
                 f"{self.name}: the SHA-256 of the received data is {digest}, not {sha256}",
             )
+        # Kept with the file for listings, downloads and --sync (digests.py); a
+        # crash may lose it (it is then only unknown), never make it wrong.
+        digests.record(self.fd, digest)
         try:
             if not synced:
                 os.fsync(self.fd)
