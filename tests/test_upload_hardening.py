@@ -438,14 +438,21 @@ def test_reading_paused_by_flow_control_stops_the_frame_deadline(tmp_path: Path)
     steps.runAll()
     assert c.frames() == [(b"K", {"offset": 0})]
     cut = UploadProtocol.highWater + 256 * 1024 + 100
-    c.data(data[: cut - 100], chunk=256 * 1024)
+    chunk = 256 * 1024
+    before = b"".join(
+        encodeFrame(b"D", data[i : min(i + chunk, cut - 100)]) for i in range(0, cut - 100, chunk)
+    )
     frame = encodeFrame(b"D", data[cut - 100 : cut + 1000])
-    c.proto.dataReceived(frame[:104])  # a frame begun while paused
-    assert c.transport.producerState == "paused"
+    # One read that passes the high-water mark and ends inside a frame: reading
+    # pauses with that frame begun.
+    c.sendRaw(before + frame[:104])
+    assert c.paused
+    assert c.proto._decoder.inFrame
     h.clock.advance(100)
     assert not c.closed
     steps.runAll()
-    c.proto.dataReceived(frame[104:])
+    assert not c.paused
+    c.sendRaw(frame[104:])
     c.data(data[cut + 1000 :])
     c.finish(data)
     steps.runAll()

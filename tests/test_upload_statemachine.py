@@ -1,6 +1,6 @@
 """The upload protocol's state machine under any sequence of frames (Hypothesis).
 
-In memory: StringTransport connections, a fake clock, and worker jobs held
+In memory: connections driven by FramedPeers, a fake clock, and worker jobs held
 until a rule runs them, so frames also arrive while a file is being opened or
 finished. Any frame in any state (P, D, F with good, bad and malformed
 payloads, garbage types), dropped connections, clock ticks past the

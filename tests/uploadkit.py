@@ -1,6 +1,7 @@
-"""upload test doubles shared by the upload tests: upload connections on StringTransports
-over one store, a worker executor the test steps, a disk that fills up, a real tiny tmpfs,
-objects planted at a partial file's name, and checks of the frames that come back."""
+"""upload test doubles shared by the upload tests: upload connections driven by
+FramedPeers over one store, a worker executor the test steps, a disk that fills up,
+a real tiny tmpfs, objects planted at a partial file's name, and checks of the
+frames that come back."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from typing import Any
 
 import pytest
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
 
-from netproto.codec import FrameDecoder, encodeFrame
+from netproto.testing import FramedPeer, PausableTransport
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.server import UploadFactory, makeQuotas, uploadDirectory
 from netproto.upload.store import Buffer, UploadStore
@@ -32,22 +32,36 @@ TTL = 3600.0
 
 
 class StepExecutor:
-    """Holds worker-thread jobs until the test runs them, to see what happens meanwhile."""
+    """Holds worker-thread jobs until the test runs them, to see what happens meanwhile.
+
+    :ivar settled: called when :meth:`runAll` has run every job (a
+        :class:`Harness` puts the flush of its connections here), so that
+        what the jobs let through (a client read resumed) arrives, and the
+        jobs that brings are run too.
+    """
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.settled: list[Callable[[], object]] = []
 
     def __call__(self, function: Callable[..., Any], *args: Any) -> None:
         self.calls.append((function, args))
 
     def runAll(self) -> None:
-        while self.calls:
-            function, args = self.calls.pop(0)
-            function(*args)
+        """Run every held job, and those they lead to, until none is left."""
+        while True:
+            while self.calls:
+                function, args = self.calls.pop(0)
+                function(*args)
+            for settle in self.settled:
+                settle()
+            if not self.calls:
+                return
 
 
 class Harness:
-    """Upload connections on StringTransports over one store in ``tmp/data/uploads``.
+    """Upload connections, each driven by a :class:`FramedPeer` (in memory), over
+    one store in ``tmp/data/uploads``, time on a MemoryReactorClock.
 
     :param options: ``twistd netproto`` options (quotas, timeouts), by long name.
     :param users: names that may also log in, each with the password ``pw``.
@@ -81,16 +95,30 @@ class Harness:
             quotas=makeQuotas(self.context),
         )
         self.token = token(self.context)
+        self.connections: list[Connection] = []
+        if isinstance(executor, StepExecutor):
+            executor.settled.append(self.flush)
+
+    def open(self) -> Connection:
+        """A new connection whose hello was read, not logged in."""
+        conn = Connection(FramedPeer(self.factory, self.clock))
+        self.connections.append(conn)
+        return conn
 
     def connect(self, user: str | None = None) -> Connection:
-        """A connection logged in with the token, or as ``user``."""
-        proto = self.factory.buildProtocol(None)
-        assert isinstance(proto, UploadProtocol)
-        conn = Connection(proto)
-        credentials = {"token": self.token} if user is None else {"user": user, "password": "pw"}
-        conn.send(b"A", json.dumps(credentials).encode())
-        assert conn.frames() == [(b"H", conn.hello), (b"K", {"user": user or "token"})]
+        """A connection logged in with the token, or as ``user``: its K and nothing else came."""
+        conn = self.open()
+        if user is None:
+            assert conn.peer.login(self.token) == {"user": "token"}
+        else:
+            assert conn.peer.login(user=user, password="pw") == {"user": user}
+        conn.peer.expectNothing()
         return conn
+
+    def flush(self) -> None:
+        """Move the bytes of every connection both ways until all are quiet."""
+        for conn in self.connections:
+            conn.peer.flush()
 
     def files(self) -> set[str]:
         """Every file and directory under the upload dir, relative, '/'-separated."""
@@ -102,30 +130,35 @@ class Harness:
 
 
 class Connection:
-    def __init__(self, proto: UploadProtocol) -> None:
-        self.proto = proto
-        self.transport = StringTransport()
-        proto.makeConnection(self.transport)
-        hello = self._parse(self.transport.value())
-        self.hello = hello[0][1]
-        self._seen = 0
+    """One upload connection, driven by ``peer``.
 
-    @staticmethod
-    def _parse(data: bytes) -> list[tuple[bytes, Any]]:
-        d = FrameDecoder(1 << 30)
-        d.feed(data)
-        out: list[tuple[bytes, Any]] = []
-        while (frame := d.next()) is not None:
-            out.append((frame[0], json.loads(frame[1])))
-        return out
+    :ivar proto: the server's protocol (to look at its phase and pipeline).
+    :ivar transport: the server end's in-memory transport (``paused`` is
+        whether the server has stopped reading the client; ``disconnecting``
+        whether it closed the connection).
+    """
+
+    proto: UploadProtocol
+    transport: PausableTransport
+
+    def __init__(self, peer: FramedPeer) -> None:
+        self.peer = peer
+        proto = peer.server
+        assert isinstance(proto, UploadProtocol)
+        self.proto = proto
+        assert isinstance(proto.transport, PausableTransport)
+        self.transport = proto.transport
 
     def frames(self) -> list[tuple[bytes, Any]]:
-        out = self._parse(self.transport.value())
-        self.transport.clear()
-        return out
+        """The frames received since the last call, their JSON decoded."""
+        return [(kind, json.loads(payload)) for kind, payload in self.peer.take()]
 
     def send(self, kind: bytes, payload: bytes = b"") -> None:
-        self.proto.dataReceived(encodeFrame(kind, payload))
+        self.peer.send(kind, payload)
+
+    def sendRaw(self, data: bytes) -> None:
+        """Bytes as they are, whole frames or not, in one write."""
+        self.peer.sendRaw(data)
 
     def put(self, name: str, size: int, **flags: bool) -> None:
         self.send(b"P", json.dumps({"name": name, "size": size, **flags}).encode())
@@ -148,10 +181,17 @@ class Connection:
         return self.frames()
 
     def drop(self) -> None:
-        self.proto.connectionLost(Failure(ConnectionError("gone")))
+        """The client goes away."""
+        self.peer.close()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the server has paused reading this connection (flow control)."""
+        return bool(self.transport.paused)
 
     @property
     def closed(self) -> bool:
+        """Whether the server has closed the connection."""
         return bool(self.transport.disconnecting)
 
 
