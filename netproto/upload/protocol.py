@@ -355,10 +355,10 @@ class UploadProtocol(FramedProtocol):
             if source.position < offset:
                 source.skipTo(offset)
             frames = [(b"D", piece) for piece in source.read(frameSize, BATCH_FRAMES)]
-            if source.position < source.size:
+            if frames:
                 return frames, False
-            frames.append((b"F", encodeJSON({"sha256": source.finish()})))
-            return frames, True
+            # Apart from the last data: an E for rotten data comes after it all.
+            return [(b"F", encodeJSON({"sha256": source.finish()}))], True
 
         self._logFrom("fetches", source.name, source.size, offset)
         self._stream(produce, source.close)
