@@ -1,13 +1,21 @@
-"""The group reaper on a Clock, with a fake group: which signals, when, and when it is over."""
+"""The group reaper on a Clock, with a fake group: which signals, when, and when it is over;
+and who reaps a command's first process."""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import pytest
 from twisted.internet.task import Clock
 
+from netproto.exec.procs import isZombie
 from netproto.exec.reaper import GIVE_UP_AFTER_KILL, LOOK_MAX, GroupReaper, Phase
+from netproto.exec.server import ExecFactory
+from netproto.exec.spawn import spawn, unreaped
+from tests.execkit import policyFor
+from tests.support import makeContext, waitUntil
 
 GRACE = 2.0
 PGID = 4242
@@ -198,3 +206,34 @@ def test_nothing_is_scheduled_once_gone(event: str) -> None:
     getattr(reaper, event)()
     assert group.signals == []
     assert not clock.getDelayedCalls()
+
+
+def test_a_command_is_reaped_by_its_own_spawn_not_by_another_factory(tmp_path: Path) -> None:
+    """Each command's first process is reaped by its own ``Spawned`` (which
+    thereby learns its exit status), never by the look for strays of another
+    exec factory in the same process: a command that exited with status 3 is
+    seen exiting with 3 (its process reaped by the other, its ``Popen`` used
+    to report 0, or, never polled again, warn that it was "still running")."""
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    child = spawn(
+        "/bin/sh",
+        ["sh", "-c", "exit 3"],
+        env={},
+        cwd="/",
+        stdin=False,
+        devnull=devnull,
+        pidfd=False,
+    )
+    try:
+        waitUntil(lambda: isZombie(child.pid))
+        assert child.pid in unreaped()
+        other = ExecFactory(makeContext(tmp_path), policyFor(tmp_path), guard=False)
+        other._reapStrays()
+        assert isZombie(child.pid)
+        assert child.poll() == 3
+        assert child.pid not in unreaped()
+    finally:
+        os.close(devnull)
+        os.close(child.stdout)
+        os.close(child.stderr)
+        waitUntil(lambda: child.poll() is not None)

@@ -110,14 +110,15 @@ def reapOrphans(started: Container[int]) -> list[int]:
     their command's group (``setsid``) and so are no group's member when they
     exit. Only the children that are neither in this process's own session
     nor in ``started`` (the processes this server started and reaps itself:
-    its commands, its guardian) are reaped: whatever another part of the
-    server starts directly (``reactor.spawnProcess``, :mod:`subprocess`) is
-    born in the server's session, and left to its starter; what is in another
-    session and was not started here can only have come as an orphan. (A
-    process another part of the server starts in a session of its own, as
-    ``spawnProcess(usePTY=True)`` does, cannot be told from an orphan: see
-    ``docs/exec.md``.) Linux only (``/proc/self/task/*/children``); elsewhere
-    nothing is done.
+    every exec factory's commands and guardians,
+    :func:`netproto.exec.spawn.unreaped`) are reaped: whatever another part
+    of the server starts directly (``reactor.spawnProcess``,
+    :mod:`subprocess`) is born in the server's session, and left to its
+    starter; what is in another session and was not started here can only
+    have come as an orphan. (A process another part of the server starts in
+    a session of its own, as ``spawnProcess(usePTY=True)`` does, cannot be
+    told from an orphan: see ``docs/exec.md``.) Linux only (``/proc/self/task/*/children``);
+    elsewhere nothing is done.
     """
     reaped: list[int] = []
     try:

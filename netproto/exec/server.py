@@ -172,10 +172,9 @@ class ExecFactory(FramedFactory):
             self.guardian.check()
         if not self.subreaper:
             return
-        started = set(self.commands)
-        if self.guardian is not None and self.guardian.pid is not None:
-            started.add(self.guardian.pid)
-        for pid in _procs.reapOrphans(started):
+        # Not only this factory's commands and guardian: every one started in
+        # this process (another factory's too) is reaped by its own Spawned.
+        for pid in _procs.reapOrphans(_spawn.unreaped()):
             self.log.info("exec: reaped {pid}, a process that had left its command", pid=pid)
 
     def endAll(self) -> Deferred[None]:

@@ -59,6 +59,19 @@ DEFAULT_PIPE_SIZE: Final = 64 * 1024
 #: ``prctl(PR_SET_CHILD_SUBREAPER, 1)`` (linux/prctl.h).
 _PR_SET_CHILD_SUBREAPER: Final = 36
 
+#: The pids of every process started here (commands, guardians) and not yet
+#: reaped by its :class:`Spawned`, process-wide: what the reaping of orphans
+#: (:func:`netproto.exec.procs.reapOrphans`) must leave to its starter. Were
+#: one reaped by another (another exec factory's look for strays, in the same
+#: process), its ``Popen`` would never learn its status: it would report exit
+#: status 0 and warn, when collected, that its process "is still running".
+_unreaped: set[int] = set()
+
+
+def unreaped() -> frozenset[int]:
+    """The pids started here and not yet reaped (see :data:`_unreaped`)."""
+    return frozenset(_unreaped)
+
 
 class Spawned:
     """A started command: its pid (also its session and process group id) and
@@ -77,6 +90,7 @@ class Spawned:
     ) -> None:
         self._popen = popen
         self.pid = popen.pid
+        _unreaped.add(popen.pid)
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
@@ -89,7 +103,10 @@ class Spawned:
 
     def poll(self) -> int | None:
         """Reap the command's first process if it has exited; its return code or None."""
-        return self._popen.poll()
+        returncode = self._popen.poll()
+        if returncode is not None:
+            _unreaped.discard(self.pid)
+        return returncode
 
 
 def spawn(
