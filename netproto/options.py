@@ -32,6 +32,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def streamEndpoint(text: str) -> str:
+    """``none``, or a Twisted server endpoint description (``tcp:9100``, ``unix:...``)."""
+    if text != "none":
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(reactor, text)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"endpoint {text!r}: {e}") from None
+    return text
+
+
 count.coerceDoc = "Must be a whole number >= 0."  # type: ignore[attr-defined]
 positive.coerceDoc = "Must be a whole number >= 1."  # type: ignore[attr-defined]
 seconds.coerceDoc = "Must be a number >= 0."  # type: ignore[attr-defined]
+streamEndpoint.coerceDoc = "Must be 'none' or a server endpoint (tcp:9100:interface=127.0.0.1)."  # type: ignore[attr-defined]

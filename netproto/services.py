@@ -254,6 +254,8 @@ class ListeningService(Service):
             fatal if fatal is not None else lambda reason: endServer(context.reactor, reason)
         )
         self.port: IListeningPort | None = None
+        #: What ``service.build`` made, once started (``--metrics`` reads its state).
+        self.built: IProtocolFactory | DatagramProtocol | None = None
         self._waiting: Deferred[None] | None = None
         self._starting, self._startFailure = False, ""
         self.setName(f"{service.name} on {description}")
@@ -267,6 +269,7 @@ class ListeningService(Service):
         except ServiceError as e:
             # An operator's mistake the options could not catch: one line, exit 1.
             raise SystemExit(f"netproto: cannot serve {self.service.name}: {e}") from None
+        self.built = built
         if self.service.kind == "datagram":
             portNumber, interface = parseDatagramEndpoint(self.description)
             self._listening(self.context.reactor.listenUDP(portNumber, built, interface=interface))

@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from netproto.auth import AuthSetupError, makePortal
 from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from netproto.options import seconds
+from netproto.options import seconds, streamEndpoint
 from netproto.runtime import raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
@@ -84,6 +84,14 @@ class ServerOptions(usage.Options):
             "Seconds an authenticated exec or upload connection may stay idle (no frame, "
             "no command running, no upload being written) before it gets E timeout. 0: no limit.",
             seconds,
+        ],
+        [
+            "metrics",
+            None,
+            DISABLED,
+            "Endpoint serving Prometheus metrics at /metrics (e.g. tcp:9100:interface=127.0.0.1); "
+            "'none': not served. See docs/operations.md, Metrics.",
+            streamEndpoint,
         ],
     ]
 
@@ -204,6 +212,10 @@ def makeService(options: ServerOptions) -> IServiceCollection:
             "netproto: token in {path} (the bundled client reads it from there)",
             path=str(options.tokenPath),
         )
+    if options["metrics"] != DISABLED:
+        from netproto.metrics import metricsService  # prometheus_client only when asked
+
+        metricsService(options["metrics"], top, options.context).setServiceParent(top)
     if not options.endpoints:
         log.warn("netproto: every service is disabled; nothing to serve")
     reactor = options.context.reactor

@@ -210,6 +210,8 @@ class ChatProtocol(LineReceiver):
                 return
             self._tat = due + interval
             self._throttled = False
+        factory.lines += 1
+        factory.lineBytes += len(line)
         interpret(factory.server, self, line.decode("utf-8", "replace"))
 
     # -- output: IParticipant --------------------------------------------------------

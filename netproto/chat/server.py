@@ -60,6 +60,9 @@ class ChatFactory(ServerFactory):
     """
 
     log = Logger()
+    #: Lines taken from clients (past the flood control) and their bytes, for --metrics.
+    lines = 0
+    lineBytes = 0
 
     def __init__(self, config: ChatConfig, clock: Any, server: ChatServer | None = None) -> None:
         self.config = config

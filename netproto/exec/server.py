@@ -97,6 +97,9 @@ class ExecFactory(FramedFactory):
         #: Every open connection (to close them gracefully on shutdown).
         self.connections: set[ExecProtocol] = set()
         self.perUser: Counter[str] = Counter()
+        #: Ended commands by (code, signal, timed_out) of their X frame (None: not
+        #: reported), for --metrics; a few hundred keys at most.
+        self.exits: Counter[tuple[Any, ...] | None] = Counter()
         self.closing = False
         self._devnull: int | None = None
         self._trigger: Any = None
@@ -301,6 +304,7 @@ class ExecFactory(FramedFactory):
             del self.perUser[user]
         proto = transport.proto
         fields = proto.exitFields if isinstance(proto, CommandProtocol) else None
+        self.exits[None if fields is None else tuple(fields.values())] += 1
         # One line per command is logged when it starts (who ran what). Its end
         # is logged only when the server had to end (some of) it: a second line
         # per command would cost a tenth of a short command's round trip.
