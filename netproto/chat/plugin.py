@@ -10,17 +10,32 @@ Every limit is explained in ``docs/chat.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from netproto.chat.config import ChatConfig
 from netproto.options import count, positive, seconds
-from netproto.services import ClientCommand, LazyService
+from netproto.services import ClientCommand, LazyService, ServerContext
+
+if TYPE_CHECKING:
+    from netproto.chat.server import ChatFactory
 
 _DEFAULT = ChatConfig()
+
+
+def buildFactory(context: ServerContext) -> ChatFactory:
+    """The chat's factory, one per server (:meth:`ServerContext.shared`): the chat
+    listener's, and the web service's, whose browser members join the same chat."""
+    from netproto.chat.server import makeFactory
+
+    factory: ChatFactory = context.shared("chat", lambda: makeFactory(context))
+    return factory
+
 
 service = LazyService(
     name="chat",
     description="multi-user chat for telnet, netcat and `netproto chat` (LineReceiver)",
     defaultEndpoint="tcp:8000:interface=127.0.0.1",
-    builder="netproto.chat.server.makeFactory",
+    builder="netproto.chat.plugin.buildFactory",
     enabledByDefault=True,
     client=ClientCommand(
         "netproto.chat.client", "join the chat (interactive, or lines from stdin)"

@@ -1,0 +1,317 @@
+"""One browser member: a WebSocket (autobahn) carrying a chat member (PROTOCOL.md section 7).
+
+A browser member *is* a telnet member: the chat factory's
+:meth:`~netproto.chat.server.ChatFactory.buildProtocol` makes its
+:class:`~netproto.chat.protocol.ChatProtocol` (or the ``! server full`` refusal),
+counted against the same caps, and that protocol runs over a
+:class:`MessageTransport` instead of a socket. So rooms, nicks, history, flood
+control, the idle sweep, the quit notices and the logs are the chat's own code,
+and a clustered chat carries browser members as it carries telnet ones. Only the
+wire differs:
+
+- each text message in is one line (:meth:`ChatProtocol.lineReceived`, which
+  answers an over-long one with ``! line too long``); a binary message gets
+  ``! binary messages are not read: send text, one line per message``; after
+  :data:`MAX_STRIKES` such messages in a row the WebSocket is closed (1008);
+  a message past ``--chat-max-line`` + :data:`OVERLONG_SLACK` is not even
+  buffered: autobahn closes with 1009;
+- each line out is one text message: a delivery (one or more CRLF lines, the
+  same ``bytes`` object for every member due them) becomes its frames once per
+  delivery (:class:`FrameCache`, with autobahn's prepared messages) and every
+  browser member due it is sent the same frames;
+- everything this connection sends, autobahn's handshake and control frames
+  included, leaves through one :class:`~netproto.directsend.Writer`, as a telnet
+  member's lines do. When the socket does not take all of it, the chat
+  member's own writer is paused (``setOutput``), so it counts what is written
+  from then on, as it does over TLS: a browser that stops reading is cut off
+  (``too slow reading``) once that passes ``--chat-max-queue``; the writer
+  itself refuses more than ``--chat-max-queue`` held, as a second bound.
+
+The handshake is refused with HTTP 403 unless the ``Origin`` is the page's own
+(the scheme of this connection and its ``Host``) or listed in ``--web-origins``.
+A request without ``Origin`` is not from a browser page (browsers always send
+one on a WebSocket), so it is not a cross-site request and is let in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, ISSLTransport
+from twisted.internet.protocol import Protocol
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+
+from netproto.addresses import describeAddress
+from netproto.chat.protocol import ChatProtocol
+from netproto.chat.state import CRLF, errorLine
+from netproto.directsend import Writer, directSocket
+from netproto.logsummary import RepeatSummary, sourceOf
+from netproto.web.plugin import ANY_ORIGIN, normalizeOrigin
+
+if TYPE_CHECKING:
+    from netproto.chat.server import ChatFactory
+
+#: How much longer than ``--chat-max-line`` a text message may be and still be read
+#: whole, to be answered with ``! line too long`` (a paste a little over the limit).
+#: Past it autobahn stops reading the message and closes with 1009: no message
+#: larger than this is ever buffered.
+OVERLONG_SLACK: Final = 16 * 1024
+
+#: Binary or over-long messages in a row before the WebSocket is closed (1008):
+#: a page that keeps sending what it was told is refused is broken or hostile,
+#: and each costs an error line.
+MAX_STRIKES: Final = 10
+
+#: Seconds from the TCP connection to the end of the WebSocket handshake; a peer
+#: that has not finished it by then is dropped (it holds a socket and a buffer).
+OPEN_HANDSHAKE_TIMEOUT: Final = 10.0
+
+#: Seconds the closing handshake may take before the connection is dropped.
+CLOSE_HANDSHAKE_TIMEOUT: Final = 2.0
+
+_DONE = Failure(ConnectionDone())
+
+BINARY_REFUSED = errorLine("binary messages are not read: send text, one line per message")
+
+# RFC 6455 close codes.
+POLICY_VIOLATION: Final = 1008
+NORMAL: Final = 1000
+
+
+class AutobahnLog:
+    """What autobahn logs for one factory's connections: its debug and info lines
+    dropped (several per connection), its warnings and errors (a peer's protocol
+    violation, a failed TLS handshake: the peer's doing, not the server's) logged
+    at info level, summarised (:class:`~netproto.logsummary.RepeatSummary`) so that
+    a peer repeating them cannot flood the log."""
+
+    __slots__ = ("_summary",)
+
+    def __init__(self, summary: RepeatSummary) -> None:
+        self._summary = summary
+
+    def _drop(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    debug = info = trace = _drop
+
+    def warn(self, format: str, **kwargs: Any) -> None:
+        kwargs.pop("log_failure", None)
+        self._summary.emit(("web", format), LogLevel.info, "web: " + format, **kwargs)
+
+    error = critical = failure = warn
+
+
+class FrameCache:
+    """A delivery's lines as text frames, encoded once for every member due them.
+
+    The chat hands the same ``bytes`` object to every member due the same lines
+    (:meth:`~netproto.chat.state.ChatRoom.flush`), so the frames of the last
+    delivery are kept with it: the next member given that very object gets the
+    same frames, one encoding per flush whatever the room's size. The frames are
+    autobahn's prepared messages (server frames are not masked, so one encoding
+    fits every connection); joined, they go out with one write per member.
+    """
+
+    __slots__ = ("_factory", "_frames", "_lines")
+
+    def __init__(self, factory: WebSocketServerFactory) -> None:
+        self._factory = factory
+        self._lines = b""
+        self._frames = b""
+
+    def frames(self, lines: bytes) -> bytes:
+        """``lines`` (CRLF-ended) as one text frame each, without the CRLF."""
+        if lines is self._lines:
+            return self._frames
+        parts = lines.split(CRLF)
+        if not parts[-1]:
+            parts.pop()
+        prepare = self._factory.prepareMessage
+        frames = b"".join([prepare(part).payloadHybi for part in parts])
+        self._lines, self._frames = lines, frames
+        return frames
+
+
+class MessageTransport:
+    """What the chat member writes to: its lines become text messages of ``socket``.
+
+    Just enough of ``ITransport`` for :class:`~netproto.chat.protocol.ChatProtocol`
+    and its writer, which see a transport whose buffer cannot be read (as over TLS).
+    """
+
+    __slots__ = ("connected", "disconnecting", "producer", "socket")
+
+    def __init__(self, socket: WebChatProtocol) -> None:
+        self.socket = socket
+        self.connected = True
+        self.disconnecting = False
+        self.producer: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.socket.sendLines(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.socket.sendLines(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """Close the WebSocket (1000) once what is queued has been sent."""
+        if not self.disconnecting:
+            self.disconnecting = True
+            self.socket.sendClose(NORMAL)
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        transport = self.socket.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def getPeer(self) -> IAddress:
+        peer: IAddress = self.socket.transport.getPeer()
+        return peer
+
+    def getHost(self) -> IAddress:
+        host: IAddress = self.socket.transport.getHost()
+        return host
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class WebChatProtocol(WebSocketServerProtocol):
+    """One browser member's WebSocket; see the module docstring."""
+
+    factory: WebChatFactory
+    #: A TCP, UNIX or TLS transport (``abortConnection``, producers).
+    transport: Any
+    writer: Writer | None = None
+    member: Protocol | None = None
+    strikes = 0
+
+    # -- the connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.log = self.factory.autobahnLog
+        self.writer = Writer(transport, directSocket(transport), self.factory.chat.config.maxQueue)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:
+        super().connectionLost(reason)
+        self.writer = None
+        member, self.member = self.member, None
+        if member is not None:
+            assert isinstance(member.transport, MessageTransport)
+            member.transport.connected = False
+            member.connectionLost(reason)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Everything autobahn sends (handshake, control frames) goes through the writer."""
+        writer = self.writer
+        if writer is not None and not writer.write(data):
+            self.transport.abortConnection()
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        writer = self.writer
+        if abort or writer is None:
+            self.transport.abortConnection()
+        else:
+            writer.loseConnection()  # once what is queued has been sent
+
+    # -- the handshake ---------------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        origin = request.headers.get("origin")
+        if origin is not None:
+            scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
+            host = request.headers.get("host", "")
+            if not self.factory.allows(origin, f"{scheme}://{host}"):
+                peer = self.transport.getPeer()
+                self.factory.chat.logSummary.emit(
+                    (sourceOf(peer), "web: refused (origin)"),
+                    LogLevel.warn,
+                    "web: refused {peer}: origin {origin} is not allowed (--web-origins)",
+                    peer=describeAddress(peer),
+                    origin=origin[:200],
+                )
+                raise ConnectionDeny(403, "origin not allowed")
+
+    def onOpen(self) -> None:
+        """The browser is in: its chat member is made and connected (or refused)."""
+        member = self.factory.chat.buildProtocol(self.transport.getPeer())
+        assert member is not None
+        self.member = member
+        member.makeConnection(MessageTransport(self))
+        sender = member.sender if isinstance(member, ChatProtocol) else None
+        if sender is not None and self.writer is not None:
+            self.writer.setOutput(sender)  # paused while this socket is backed up
+
+    # -- messages --------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        member = self.member
+        if not isinstance(member, ChatProtocol):
+            return  # refused: "! server full" is on its way, then the close
+        if isBinary or len(payload) > self.factory.chat.config.maxLine + 1:
+            self.strikes += 1
+            if self.strikes > MAX_STRIKES:
+                self.sendClose(POLICY_VIOLATION, "too many refused messages")
+                return
+            if isBinary:
+                self.factory.chat.server.send(member, BINARY_REFUSED)
+                return
+        else:
+            self.strikes = 0
+        member.lineReceived(payload)
+
+    def sendLines(self, data: bytes) -> None:
+        """The chat member's output: CRLF lines, each sent as one text message."""
+        writer = self.writer
+        if (
+            writer is not None
+            and self.state == self.STATE_OPEN
+            and not writer.write(self.factory.cache.frames(data))
+        ):
+            self.transport.abortConnection()
+
+
+class WebChatFactory(WebSocketServerFactory):
+    """The WebSocket side of the web service: its members join ``chat``.
+
+    :param chat: the chat's factory (state, limits, caps), shared with the chat
+        listener (:func:`netproto.chat.plugin.buildFactory`).
+    :param origins: ``--web-origins``, normalised (:func:`~netproto.web.plugin.origins`).
+    """
+
+    protocol = WebChatProtocol  # type: ignore[assignment]
+
+    def __init__(self, chat: ChatFactory, origins: tuple[str, ...], reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.chat = chat
+        self.origins = frozenset(origins)
+        self.cache = FrameCache(self)
+        self.autobahnLog = AutobahnLog(chat.logSummary)
+        limit = chat.config.maxLine + 1 + OVERLONG_SLACK
+        self.setProtocolOptions(
+            maxFramePayloadSize=limit,
+            maxMessagePayloadSize=limit,
+            # Section 1: invalid UTF-8 is replaced (U+FFFD), never fatal.
+            utf8validateIncoming=False,
+            openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
+            webStatus=False,  # a plain GET of /chat gets 426, not autobahn's page
+        )
+
+    def allows(self, origin: str, own: str) -> bool:
+        """Whether a page from ``origin`` may open the chat WebSocket."""
+        origin = normalizeOrigin(origin)
+        return (
+            origin == normalizeOrigin(own) or origin in self.origins or ANY_ORIGIN in self.origins
+        )
