@@ -57,6 +57,8 @@ class ServerContext:
     authMethods: tuple[str, ...]
     dataDir: Path
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Objects several services of one server use, by name (see :meth:`shared`).
+    sharedObjects: dict[str, Any] = field(default_factory=dict)
 
     def optionsOf(self, service: INetprotoService) -> dict[str, Any]:
         """``service``'s own options: those given, the declared defaults for the rest.
@@ -77,6 +79,17 @@ class ServerContext:
             return user
 
         return d.addCallback(avatar)
+
+    def shared(self, key: str, make: Callable[[], Any]) -> Any:
+        """The object of this server known as ``key``, made by ``make`` the first time.
+
+        Whichever service is built first makes it, so services that share state
+        need no order: the chat's factory (``"chat"``) is the chat listener's and
+        the web service's, whose browser members join the same chat.
+        """
+        if key not in self.sharedObjects:
+            self.sharedObjects[key] = make()
+        return self.sharedObjects[key]
 
 
 class INetprotoService(Interface):
