@@ -101,6 +101,9 @@ class EventCounts:
     uploads: Counter[str] = field(default_factory=Counter)
     uploadBytes: Counter[str] = field(default_factory=Counter)
     uploadsLeft: Counter[str] = field(default_factory=Counter)
+    #: Downloads started, and the bytes they were to send (size less the offset).
+    downloads: Counter[str] = field(default_factory=Counter)
+    downloadBytes: Counter[str] = field(default_factory=Counter)
 
     #: log_format -> what it counts; filled below, next to the handlers.
     formats: ClassVar[dict[str, Callable[[EventCounts, LogEvent], None]]] = {}
@@ -137,6 +140,11 @@ class EventCounts:
     def _stored(self, event: LogEvent) -> None:
         self.uploads["upload"] += 1
         self.uploadBytes["upload"] += _count(event.get("size"))
+
+    def _transfer(self, event: LogEvent) -> None:
+        if event.get("what") == "fetches":
+            self.downloads["upload"] += 1
+            self.downloadBytes["upload"] += _count(event.get("size")) - _count(event.get("offset"))
 
     def _left(self, event: LogEvent) -> None:
         self.uploadsLeft["upload"] += 1
@@ -177,6 +185,7 @@ EVENT_FORMATS: Final[Mapping[str, Callable[[EventCounts, LogEvent], None]]] = {
     "{service}: {peer} authenticated as {user}": EventCounts._authenticated,
     "{service}: {peer} disconnected ({user})": EventCounts._disconnected,
     "upload: {peer} ({user}) stored {name} ({size} bytes, sha256 {sha256})": EventCounts._stored,
+    "upload: {peer} ({user}) {what} {name} ({size} bytes from {offset})": EventCounts._transfer,
     "upload: {peer} left during {name} at {received} of {size} bytes ({what})": EventCounts._left,
     SUMMARY_FORMAT: EventCounts._summary,
 }
@@ -308,6 +317,13 @@ def collect(counts: EventCounts, services: Iterable[ListeningService]) -> list[M
         "Files not stored, by reason: the refusal's code, or client-left.",
         ("service", "reason"),
         failures,
+    )
+    out.counter("netproto_downloads", "Downloads started (G).", SERVICE, counts.downloads)
+    out.counter(
+        "netproto_download_bytes",
+        "Bytes the downloads started were to send (a download cut short counts whole).",
+        SERVICE,
+        counts.downloadBytes,
     )
     return list(out.families.values())
 

@@ -70,12 +70,23 @@ def put(conn: BlockingFramed, name: str, data: bytes) -> None:
     assert conn.recvJSON(b"K")["size"] == len(data)
 
 
+def get(conn: BlockingFramed, name: str, offset: int) -> bytes:
+    """Download ``name`` from ``offset`` (PROTOCOL.md section 6)."""
+    conn.sendJSON(b"G", {"name": name, "offset": offset})
+    assert conn.recvJSON(b"K")["offset"] == offset
+    data = b""
+    while (frame := conn.recv()) is not None and frame[0] == b"D":
+        data += frame[1]
+    assert frame is not None and frame[0] == b"F", frame
+    return data
+
+
 @pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool (Debian's prometheus) missing")
 def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
     tmp_path: Path,
 ) -> None:
-    """Chat lines, two commands (one fails), two uploads (one refused), a failed
-    login: each appears in the scrape with the right value, labelled by service,
+    """Chat lines, two commands (one fails), two uploads (one refused), a
+    download, a failed login: each appears in the scrape with the right value, labelled by service,
     while a chat member is still connected; promtool accepts the exposition."""
     with runTwistd(tmp_path, "--metrics", "tcp:0:interface=127.0.0.1") as server:
         assert "metrics" in server.addresses
@@ -96,6 +107,7 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
                 put(upload, "two.bin", b"y" * 2345)
                 upload.sendJSON(b"P", {"name": "../escape", "size": 1})
                 assert upload.recvJSON(b"E")["code"] == "invalid-name"
+                assert get(upload, "two.bin", 345) == b"y" * 2000
             with closing(BlockingFramed.connect(server.port("exec"))) as intruder:
                 intruder.recvJSON(b"H")
                 intruder.sendJSON(b"A", {"token": "not the token"})
@@ -134,6 +146,8 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
     assert value(found, "netproto_connections_total", service="upload") == 1
     assert value(found, "netproto_uploads_total", service="upload") == 2
     assert value(found, "netproto_upload_bytes_total", service="upload") == 1000 + 2345
+    assert value(found, "netproto_downloads_total", service="upload") == 1
+    assert value(found, "netproto_download_bytes_total", service="upload") == 2000
     failures = "netproto_upload_failures_total"
     assert value(found, failures, service="upload", reason="invalid-name") == 1
     assert value(found, "netproto_build_info", version=__import__("netproto").__version__) == 1
