@@ -163,17 +163,9 @@ def writeUser(path: Path, name: str, password: str) -> None:
             if ln.partition(":")[0].strip() != name
         ]
     lines.append(f"{name}:{hashPassword(password)}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from netproto.tls import writePrivate
+
+    writePrivate(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 @implementer(ICredentialsChecker)

@@ -12,6 +12,7 @@ client subcommand (:class:`ClientCommand`).
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,8 +23,9 @@ from typing import Any, Literal
 from twisted.application.service import IService, Service
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -50,6 +52,9 @@ class ServerContext:
     :ivar options: every parsed ``twistd netproto`` option, by long name
         (``chat-history``, ``exec-timeout``, ...), so a service reads its own
         (:meth:`optionsOf` fills in the declared defaults).
+    :ivar tls: with ``--tls``, the server's TLS options (an
+        ``IOpenSSLServerConnectionCreator``, :mod:`netproto.tls`): the services
+        that take TLS (:func:`takesTLS`) are served over it on any stream endpoint.
     """
 
     reactor: Any
@@ -57,6 +62,7 @@ class ServerContext:
     authMethods: tuple[str, ...]
     dataDir: Path
     options: Mapping[str, Any] = field(default_factory=dict)
+    tls: Any = None
     #: Objects several services of one server use, by name (see :meth:`shared`).
     sharedObjects: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +120,10 @@ class INetprotoService(Interface):
         "ClientCommand or None: the ``netproto NAME`` subcommand this service brings. "
         "Optional: a service without this attribute has none."
     )
+    tls = Attribute(
+        "bool or None: whether ``--tls`` serves this service over TLS. Optional: None "
+        "or absent means yes for framed services (they carry the token), no for others."
+    )
 
     def build(context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         """A protocol factory (stream) or a datagram protocol (datagram) to serve."""
@@ -159,6 +169,7 @@ class LazyService:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     client: ClientCommand | None = None
+    tls: bool | None = None
 
     def build(self, context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         built: IProtocolFactory | DatagramProtocol = namedAny(self.builder)(context)
@@ -271,6 +282,11 @@ class ListeningService(Service):
         self.built: IProtocolFactory | DatagramProtocol | None = None
         self._waiting: Deferred[None] | None = None
         self._starting, self._startFailure = False, ""
+        #: Whether ``--tls`` wraps this service in TLS (see :func:`takesTLS`).
+        self.wrapped = False
+        #: Whether it carries credentials without TLS: then only on loopback,
+        #: unless ``--allow-plaintext`` (the plaintext guard).
+        self.inClear = False
         self.setName(f"{service.name} on {description}")
 
     def privilegedStartService(self) -> None:
@@ -288,9 +304,20 @@ class ListeningService(Service):
             self._listening(self.context.reactor.listenUDP(portNumber, built, interface=interface))
             return
         endpoint = serverFromString(self.context.reactor, self.description)
+        served = built
+        tls = self.context.tls
+        # An ssl: endpoint is TLS already, as its description configures it.
+        if tls and takesTLS(self.service, built) and not isinstance(endpoint, SSL4ServerEndpoint):
+            from twisted.protocols.tls import TLSMemoryBIOFactory  # OpenSSL only when used
+
+            served = TLSMemoryBIOFactory(tls, False, built)  # type: ignore[arg-type]
+            self.wrapped = True
+        self.inClear = carriesCredentials(built) and not (
+            self.wrapped or isinstance(endpoint, SSL4ServerEndpoint)
+        )
         self._starting, self._startFailure = True, ""
         try:
-            waiting = endpoint.listen(built).addCallbacks(self._listening, self._cannotListen)
+            waiting = endpoint.listen(served).addCallbacks(self._listening, self._cannotListen)
         finally:
             self._starting = False
         if self._startFailure:
@@ -303,10 +330,13 @@ class ListeningService(Service):
         self._waiting = None
         if failure.check(CancelledError) and not self.running:
             return  # stopped while waiting: nothing went wrong
-        reason = (
+        self._refuse(
             f"netproto: cannot serve {self.service.name} on {self.description}: "
             f"{failure.getErrorMessage()}"
         )
+
+    def _refuse(self, reason: str) -> None:
+        """Starting failed for ``reason``: one line, and twistd ends with status 1."""
         if self._starting:
             self._startFailure = reason
         else:
@@ -315,11 +345,30 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._waiting = None
         self.port = port
+        address = port.getHost()
+        if self.inClear and onNetwork(address):
+            if not self.context.options.get("allow-plaintext"):
+                self.port = None
+                port.stopListening()
+                self._refuse(
+                    f"netproto: refusing to serve {self.service.name} on "
+                    f"{describeAddress(address)} in plaintext: its token and passwords would "
+                    "cross the network in clear. Use --tls, a loopback interface, or "
+                    "--allow-plaintext"
+                )
+                return
+            self.log.warn(
+                "netproto: {service} on {address} is in plaintext (--allow-plaintext): "
+                "its token and passwords cross the network in clear; --tls encrypts them",
+                service=self.service.name,
+                address=describeAddress(address),
+            )
         self.log.info(
-            "netproto: {service} listening on {address} ({description})",
+            "netproto: {service} listening on {address} ({description}{tls})",
             service=self.service.name,
-            address=describeAddress(port.getHost()),
+            address=describeAddress(address),
             description=self.description,
+            tls=", TLS" if self.wrapped else "",
         )
 
     def startService(self) -> None:
@@ -335,6 +384,31 @@ class ListeningService(Service):
             return None
         stopped: Deferred[None] | None = port.stopListening()
         return stopped
+
+
+def carriesCredentials(built: object) -> bool:
+    """Whether a service's factory takes the token or passwords: a framed service."""
+    from netproto.framing import FramedFactory  # not at import: declarations stay light
+
+    return isinstance(built, FramedFactory)
+
+
+def takesTLS(service: INetprotoService, built: object) -> bool:
+    """Whether ``--tls`` serves ``service`` (its factory ``built``) over TLS: as
+    its declaration's optional ``tls`` says, else when it carries credentials."""
+    wanted = getattr(service, "tls", None)
+    return carriesCredentials(built) if wanted is None else bool(wanted)
+
+
+def onNetwork(address: object) -> bool:
+    """Whether a listening address can be reached from other hosts: an IP
+    address other than loopback (``0.0.0.0`` and ``::`` included)."""
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return False  # a UNIX socket: its file's permissions decide
+    try:
+        return not ipaddress.ip_address(address.host.partition("%")[0]).is_loopback
+    except ValueError:
+        return True
 
 
 def makeServices(

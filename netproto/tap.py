@@ -28,6 +28,7 @@ from netproto.services import (
     makeServices,
     parseDatagramEndpoint,
 )
+from netproto.tls import CertificateError, ServerCertificate, loadOrCreate
 
 log = Logger()
 
@@ -53,7 +54,22 @@ class ServerOptions(usage.Options):
         "descriptions (tcp:8000:interface=0.0.0.0, ssl:8443:privateKey=..., "
         "unix:/run/netproto/chat.sock); 'none' disables a service."
     )
-    optFlags = [["list-services", None, "List the service plugins found, then exit."]]
+    optFlags = [
+        ["list-services", None, "List the service plugins found, then exit."],
+        [
+            "tls",
+            None,
+            "Serve exec, upload (every service that takes the token) and services declared "
+            "for it over TLS, with a self-signed certificate made once in the data dir; "
+            "its SHA-256 fingerprint is logged for clients to pin.",
+        ],
+        [
+            "allow-plaintext",
+            None,
+            "Let a service that takes the token listen in plaintext on a non-loopback "
+            "address (refused otherwise: the token would cross the network in clear).",
+        ],
+    ]
     optParameters = [
         [
             "data-dir",
@@ -103,6 +119,7 @@ class ServerOptions(usage.Options):
         self.endpoints: list[tuple[str, str]] = []
         self.context: ServerContext | None = None
         self.tokenPath: Path | None = None
+        self.certificate: ServerCertificate | None = None
 
     def opt_service(self, value: str) -> None:
         """Serve a plugin service: NAME=ENDPOINT, or NAME for its default endpoint. Repeatable."""
@@ -141,12 +158,18 @@ class ServerOptions(usage.Options):
         except AuthSetupError as e:
             raise usage.UsageError(str(e)) from None
         self.tokenPath = tokenPath
+        if self["tls"]:
+            try:
+                self.certificate = loadOrCreate(dataDir)
+            except CertificateError as e:
+                raise usage.UsageError(f"--tls: {e}") from None
         self.context = ServerContext(
             reactor=reactor,
             portal=portal,
             authMethods=methods,
             dataDir=dataDir,
             options=dict(self),
+            tls=self.certificate.contextFactory() if self.certificate else None,
         )
 
     def _checkEndpoint(self, name: str, description: str) -> None:
@@ -211,6 +234,13 @@ def makeService(options: ServerOptions) -> IServiceCollection:
         log.info(
             "netproto: token in {path} (the bundled client reads it from there)",
             path=str(options.tokenPath),
+        )
+    if options.certificate is not None:
+        log.info(
+            "netproto: TLS certificate {path}, fingerprint {fingerprint} "
+            "(clients pin it: netproto ... --fingerprint {fingerprint})",
+            path=str(options.certificate.certPath),
+            fingerprint=options.certificate.fingerprint,
         )
     if options["metrics"] != DISABLED:
         from netproto.metrics import metricsService  # prometheus_client only when asked

@@ -1,19 +1,30 @@
-"""Where the client connects and how it authenticates: the options all subcommands share."""
+"""Where the client connects and how it authenticates: the options all subcommands share.
+
+TLS: the client talks TLS to a server run with ``twistd netproto --tls`` when
+told to (``--tls``, or ``--fingerprint``), or when ``known_servers`` already
+pins the server: once pinned, a server is always reached over TLS and its
+certificate checked (:mod:`netproto.client.pinning`), so a server that
+suddenly speaks plaintext is not trusted with the token. The client cannot
+tell a TLS server from a plain one before sending anything: a framed server
+speaks first in plaintext, a TLS one waits for the client's handshake.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from netproto.auth import AuthSetupError, readClientToken
 from netproto.client.framed import ClientError
 from netproto.tap import defaultDataDir
+from netproto.tls import parseFingerprint
 
 
 def addConnectionArguments(parser: argparse.ArgumentParser, defaultPort: int) -> None:
@@ -32,7 +43,37 @@ def addConnectionArguments(parser: argparse.ArgumentParser, defaultPort: int) ->
         help="any Twisted client endpoint, e.g. tls:host=example.org:port=8001:trustRoots=DIR "
         "or unix:path=/run/netproto/exec.sock (instead of --server)",
     )
+    tls = parser.add_argument_group("TLS (servers run with twistd netproto --tls)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS and check the server's certificate against known_servers "
+        "(pinned at first contact); implied by --fingerprint and by a pinned server",
+    )
+    tls.add_argument(
+        "--fingerprint",
+        metavar="SHA256:...",
+        type=_fingerprint,
+        default=None,
+        help="the server certificate's fingerprint, as the server logs it: anything else is "
+        "refused; it is pinned (replacing an old pin) once seen",
+    )
+    tls.add_argument(
+        "--known-servers",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="the pinned servers (default: $XDG_CONFIG_HOME/netproto/known_servers, "
+        "else ~/.config/netproto/known_servers)",
+    )
     parser.set_defaults(defaultPort=defaultPort)
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return parseFingerprint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def addAuthArguments(parser: argparse.ArgumentParser) -> None:
@@ -75,15 +116,51 @@ def _port(text: str, server: str) -> int:
 
 
 def clientEndpoint(reactor: Any, args: argparse.Namespace) -> IStreamClientEndpoint:
-    """The endpoint from ``--endpoint``, else ``--server``, else 127.0.0.1 and the default port."""
+    """The endpoint from ``--endpoint``, else ``--server``, else 127.0.0.1 and the
+    default port; over TLS with a pinned certificate when asked or pinned."""
     if args.endpoint:
         try:
-            return clientFromString(reactor, args.endpoint)  # type: ignore[no-any-return]
+            endpoint: IStreamClientEndpoint = clientFromString(reactor, args.endpoint)
         except (ValueError, TypeError, KeyError) as e:
             raise ClientError(f"--endpoint {args.endpoint!r}: {e}") from None
+        return pinned(endpoint, args.endpoint, None, args)
     host, port = parseServer(args.server or "127.0.0.1", args.defaultPort)
-    host = host.replace(":", "\\:")  # IPv6 colons are escaped in endpoint strings
-    return clientFromString(reactor, f"tcp:host={host}:port={port}")  # type: ignore[no-any-return]
+    escaped = host.replace(":", "\\:")  # IPv6 colons are escaped in endpoint strings
+    endpoint = clientFromString(reactor, f"tcp:host={escaped}:port={port}")
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return pinned(endpoint, server, host, args)
+
+
+def pinned(
+    endpoint: IStreamClientEndpoint, server: str, host: str | None, args: argparse.Namespace
+) -> IStreamClientEndpoint:
+    """``endpoint`` over TLS checked against the pin of ``server`` when TLS is
+    asked for or ``server`` is pinned; else ``endpoint`` itself.
+
+    :param host: the host name to send in SNI (an address is not sent).
+    """
+    from netproto.client.pinning import KnownServers, PinningCreator, defaultKnownServers
+
+    known = KnownServers(getattr(args, "known_servers", None) or defaultKnownServers())
+    expected = getattr(args, "fingerprint", None)
+    if not (getattr(args, "tls", False) or expected or known.lookup(server)):
+        return endpoint
+    if args.endpoint and args.endpoint.split(":", 1)[0] in ("tls", "ssl"):
+        raise ClientError(
+            f"--endpoint {args.endpoint!r} is TLS checked against a CA already; "
+            "--tls, --fingerprint and known_servers are for a server run with --tls"
+        )
+    creator = PinningCreator(server, known, expected, _nameOnly(host))
+    return wrapClientTLS(creator, endpoint)
+
+
+def _nameOnly(host: str | None) -> str | None:
+    """``host`` if it is a name (SNI carries names, never addresses), else None."""
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return host or None
+    return None
 
 
 def credentials(args: argparse.Namespace) -> dict[str, str]:

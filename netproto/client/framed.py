@@ -102,6 +102,8 @@ class FramedClient(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionClosed("closed"))) -> None:  # noqa: B008
         self.connected = False
+        if self._closed is None and reason.check(ClientError):
+            self._closed = reason  # e.g. a refused certificate (netproto.client.pinning)
         if self._closed is None:
             self._closed = Failure(ConnectionClosed("the server closed the connection"))
         while self._waiting:
