@@ -259,7 +259,7 @@ def runTwistd(
     home = tmp / "home"
     home.mkdir(exist_ok=True)
     endpoints: list[str] = []
-    for name in ("chat", "exec", "upload"):
+    for name in ("chat", "exec", "upload", "web"):
         if f"--{name}" not in args:
             endpoints += [f"--{name}", "tcp:0:interface=127.0.0.1" if name in services else "none"]
     server = Twistd([*runner, "netproto", *endpoints, *args], twistdEnv(home, env), cwd=tmp)

@@ -35,11 +35,12 @@ def test_builtins_are_discovered_like_any_plugin() -> None:
         services["chat"],
         services["exec"],
         services["upload"],
+        services["web"],
     ]
     assert services["dgram-echo"].kind == "datagram"
 
 
-@pytest.mark.parametrize("name", ["chat", "exec", "upload", "echo", "dgram-echo"])
+@pytest.mark.parametrize("name", ["chat", "exec", "upload", "web", "echo", "dgram-echo"])
 def test_builtin_services_pass_the_conformance_check(name: str, tmp_path: Path) -> None:
     """Every shipped service passes the check plugin authors run on theirs."""
     checkService(discoverServices()[name], tmp_path)

@@ -62,6 +62,7 @@ def test_statusKeepsTwistdsLogRotation(tmp_path: Path) -> None:
     home.mkdir()
     logfile = tmp_path / "netproto.log"
     endpoints = ["--chat", "tcp:0:interface=127.0.0.1", "--exec", "none", "--upload", "none"]
+    endpoints += ["--web", "none"]
     argv = [TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", "netproto", *endpoints]
     server = Twistd(argv, twistdEnv(home), cwd=tmp_path)
     try:

@@ -34,19 +34,20 @@ def parse(tmp_path: Path, *args: str) -> ServerOptions:
 
 
 def test_defaults_are_the_contract(tmp_path: Path) -> None:
-    """With no options: chat 8000, exec 8001, upload 8002, loopback only; examples off."""
+    """With no options: chat 8000, exec 8001, upload 8002, web 8080, loopback only; examples off."""
     options = parse(tmp_path)
     assert options.endpoints == [
         ("chat", "tcp:8000:interface=127.0.0.1"),
         ("exec", "tcp:8001:interface=127.0.0.1"),
         ("upload", "tcp:8002:interface=127.0.0.1"),
+        ("web", "tcp:8080:interface=127.0.0.1"),
     ]
     assert options.context is not None
     assert options.context.authMethods == ("token",)
 
 
 def test_none_disables_a_service(tmp_path: Path) -> None:
-    options = parse(tmp_path, "--chat", "none", "--upload", "none")
+    options = parse(tmp_path, "--chat", "none", "--upload", "none", "--web", "none")
     assert [name for name, _ in options.endpoints] == ["exec"]
 
 
@@ -115,7 +116,7 @@ def test_makeService_builds_one_listener_per_endpoint(tmp_path: Path) -> None:
     assert IServiceCollection.providedBy(top)
     children = list(top)
     assert all(isinstance(c, ListeningService) for c in children)
-    assert [c.service.name for c in children] == ["chat", "exec", "upload", "echo"]
+    assert [c.service.name for c in children] == ["chat", "exec", "upload", "web", "echo"]
 
 
 def test_data_dir_resolution() -> None:

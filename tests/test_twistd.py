@@ -73,22 +73,25 @@ def test_port_in_use_fails_startup_cleanly(tmp_path: Path) -> None:
         result = twistdOnce(
             tmp_path,
             *("--chat", f"tcp:{port}:interface=127.0.0.1", "--exec", "none", "--upload", "none"),
+            *("--web", "none"),
         )
     assert result.returncode != 0
     assert "Address already in use" in result.stdout + result.stderr
 
 
-def test_defaults_serve_all_three_ports(tmp_path: Path) -> None:
-    """``twistd -n netproto`` with no options serves chat, exec and upload on 8000-8002."""
+def test_defaults_serve_all_four_ports(tmp_path: Path) -> None:
+    """``twistd -n netproto`` with no options serves chat, exec and upload on 8000-8002
+    and the web chat on 8080."""
     server = Twistd(
         [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"], twistdEnv(tmp_path), cwd=tmp_path
     )
     try:
-        server.waitListening("chat", "exec", "upload")
+        server.waitListening("chat", "exec", "upload", "web")
         assert server.addresses == {
             "chat": "127.0.0.1:8000",
             "exec": "127.0.0.1:8001",
             "upload": "127.0.0.1:8002",
+            "web": "127.0.0.1:8080",
         }
         with socket.create_connection(("127.0.0.1", 8000), timeout=10) as s:
             assert b"Welcome to netproto chat" in s.recv(4096)
@@ -155,7 +158,7 @@ def test_bad_service_option_values_are_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     """A service option out of range stops twistd with one line, never a traceback."""
-    endpoints = (f"--{s}=tcp:0:interface=127.0.0.1" for s in ("chat", "exec", "upload"))
+    endpoints = (f"--{s}=tcp:0:interface=127.0.0.1" for s in ("chat", "exec", "upload", "web"))
     result = twistdOnce(tmp_path, *endpoints, *args)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
@@ -205,6 +208,7 @@ def test_a_listen_failure_after_startup_is_one_line_and_exit_1(tmp_path: Path) -
         [
             *(TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto"),
             *("--chat", "later:no such socket", "--exec", "none", "--upload", "none"),
+            *("--web", "none"),
         ],
         cwd=tmp_path,
         capture_output=True,
