@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from netproto.chat.config import ChatConfig
+from netproto.chat.redisurl import redisURL
 from netproto.options import count, positive, seconds
 from netproto.services import ClientCommand, LazyService, ServerContext
 
@@ -68,5 +69,9 @@ service = LazyService(
         ["chat-close-grace", None, _DEFAULT.closeGrace,
          "Seconds a closing client has to read what is queued for it before it is aborted.",
          seconds],
+        ["chat-redis", None, _DEFAULT.redis,
+         "redis://HOST:PORT/DB (rediss:// for TLS; a password as redis://:PASS@HOST): one "
+         "chat with every server naming the same Redis. Unset: this server alone, no Redis.",
+         redisURL],
     ],
 )  # fmt: skip

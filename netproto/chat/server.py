@@ -170,6 +170,23 @@ class ChatFactory(ServerFactory):
 
 
 def makeFactory(context: ServerContext) -> ChatFactory:
-    """The chat service's factory, set up from the ``--chat-*`` options (:mod:`.plugin`)."""
+    """The chat service's factory, set up from the ``--chat-*`` options (:mod:`.plugin`).
+
+    With ``--chat-redis``, its chat is a :class:`~netproto.chat.cluster.ClusterChatServer`
+    linked to that Redis (imported only then: without the option nothing of the
+    cluster is loaded), which leaves the cluster when the reactor shuts down.
+    """
     config = ChatConfig.fromOptions(context.options)
-    return ChatFactory(config, context.reactor)
+    if config.redis is None:
+        return ChatFactory(config, context.reactor)
+    from netproto.chat.cluster import ClusterChatServer
+    from netproto.chat.redislink import RedisLink
+    from netproto.chat.redisurl import RedisAddress
+    from netproto.chat.scripts import SCRIPTS
+
+    reactor = context.reactor
+    link = RedisLink(reactor, RedisAddress.fromURL(config.redis), SCRIPTS)
+    server = ClusterChatServer(link, config.history, reactor, config.noticeDelay)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stop)
+    link.start()
+    return ChatFactory(config, reactor, server)

@@ -164,6 +164,35 @@ def listLines(head: str, items: Iterable[str]) -> Iterator[bytes]:
     yield notice(prefix + ", ".join(current) if current else head)
 
 
+def checkedNick(participant: IParticipant, name: str) -> str:
+    """``/nick NAME``'s NAME, normalised, if it is a valid nick other than the
+    participant's own; else a :class:`ChatError` saying why."""
+    new = normalizeName(name)
+    if new is None:
+        raise ChatError(
+            f"invalid nick: {cleanText(name)[:64]} (1-{MAX_NAME} letters, digits, _ or -)"
+        )
+    if new == participant.nick:
+        raise ChatError(f"you are already {new}")
+    return new
+
+
+def checkedRoom(participant: IParticipant, name: str) -> str:
+    """``/join ROOM``'s ROOM (``#`` optional), normalised, if it is a valid room name
+    other than the participant's room; else a :class:`ChatError` saying why."""
+    bare = name[1:] if name.startswith("#") else name
+    roomName = normalizeName(bare)
+    if roomName is None:
+        raise ChatError(
+            f"invalid room name: {cleanText(name)[:64]} "
+            f"(1-{MAX_NAME} letters, digits, _ or -, after an optional #)"
+        )
+    room = participant.room
+    if room is not None and nameKey(room.name) == nameKey(roomName):
+        raise ChatError(f"you are already in {room.label}")
+    return roomName
+
+
 class ChatRoom:
     """A room: its members in join order, its recent messages, and its outbox.
 
@@ -478,14 +507,8 @@ class ChatServer:
 
     def rename(self, participant: IParticipant, name: str) -> None:
         """``/nick NAME``: the room, renamer included, sees ``*** OLD is now known as NEW``."""
-        new = normalizeName(name)
-        if new is None:
-            raise ChatError(
-                f"invalid nick: {cleanText(name)[:64]} (1-{MAX_NAME} letters, digits, _ or -)"
-            )
+        new = checkedNick(participant, name)
         old = participant.nick
-        if new == old:
-            raise ChatError(f"you are already {old}")
         key, oldKey = nameKey(new), nameKey(old)
         holder = self.nicks.get(key)
         if holder is not None and holder is not participant:
@@ -500,18 +523,10 @@ class ChatServer:
         """``/join ROOM``: leave the current room (its members and the participant see
         ``has left``), enter ROOM (its members and the participant see ``has joined``),
         then get ROOM's history."""
-        bare = name[1:] if name.startswith("#") else name
-        roomName = normalizeName(bare)
-        if roomName is None:
-            raise ChatError(
-                f"invalid room name: {cleanText(name)[:64]} "
-                f"(1-{MAX_NAME} letters, digits, _ or -, after an optional #)"
-            )
+        roomName = checkedRoom(participant, name)
         old = participant.room
         if old is None:
             return
-        if nameKey(old.name) == nameKey(roomName):
-            raise ChatError(f"you are already in {old.label}")
         old.flush()  # what the old room owes the mover, before it goes
         self._leave(participant, old)
         left = notice(f"{participant.nick} has left {old.label}")

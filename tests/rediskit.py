@@ -1,0 +1,101 @@
+"""A real redis-server for the chat cluster's tests: private, on a free loopback port,
+its files in a temp dir, nothing saved to disk; waited for with a deadline.
+
+Debian's ``redis-server`` package (installed by ``.ci/run``); tests that need it are
+skipped with the reason where it is missing, never silently passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+
+needsRedis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def command(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """One command over a plain socket (RESP arrays); the raw reply, read until the
+    first CRLF-terminated line and as much as came with it."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        data = a.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(parts))
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+class Redis:
+    """One redis-server process; :meth:`stop` and :meth:`start` again on the same port."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or freePort()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if command(self.port, "PING", timeout=1.0).startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@contextmanager
+def redisServer(tmp: Path) -> Iterator[Redis]:
+    """A running :class:`Redis`, stopped at the end."""
+    directory = tmp / "redis"
+    directory.mkdir(exist_ok=True)
+    redis = Redis(directory)
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
