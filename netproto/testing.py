@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.plugin import IPlugin
@@ -93,7 +99,11 @@ def serveInMemory(
         (``callLater(0, ...)`` calls fire on each pump); pass the reactor of
         the service's context (a :class:`MemoryReactorClock` from
         :func:`makeContext`) so that the service's timers and the pump share
-        one time. Default: a clock of its own.
+        one time. Default: a clock of its own. Or a real reactor, for a
+        service that needs real I/O besides its connection (exec runs
+        processes): the pump then runs by itself on that reactor, once after
+        each write, close or resumed read of either end, and the test waits
+        on Deferreds as over a socket.
     """
     server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242))
     assert server is not None, "the factory refused the connection"
@@ -102,6 +112,8 @@ def serveInMemory(
     server.makeConnection(serverIO)
     client.makeConnection(clientIO)
     pump = _Pump(client, server, clientIO, serverIO, False, clock=clock)
+    if clock is not None and not hasattr(clock, "advance"):
+        pump.runOn(clock)
     pump.flush()
     return server, client, pump
 
@@ -122,6 +134,9 @@ class PausableTransport(FakeTransport):
     A close by the other end is reported at once even while paused, and what
     was held is then dropped (as a reset would do): a test of a peer that
     goes away needs no resume.
+
+    :ivar kick: called on a write, a close or a resume: how a pump on a real
+        reactor (:func:`serveInMemory` given one) knows it has work.
     """
 
     def __init__(self, protocol: IProtocol, isServer: bool) -> None:
@@ -130,12 +145,27 @@ class PausableTransport(FakeTransport):
         self.paused = False
         #: What arrived while paused (or since the resume), not yet delivered.
         self.held: list[bytes] = []
+        #: Told when there is something for the pump to do (a pump on a real reactor).
+        self.kick: Callable[[], object] = _nothing
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.kick()
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self.kick()
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self.kick()
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self.kick()
 
     def bufferReceived(self, buf: object) -> None:
         if isinstance(buf, bytes) and (self.paused or self.held):
@@ -162,12 +192,32 @@ class _Pump(IOPump):
 
     serverIO: PausableTransport
     clientIO: PausableTransport
+    #: The delayed call of the next flush, when the pump runs on a real reactor.
+    _next: IDelayedCall | None = None
+    _reactor: IReactorTime | None = None
+
+    def runOn(self, reactor: IReactorTime) -> None:
+        """Flush on ``reactor`` whenever an end has something to move."""
+        self._reactor = reactor
+        self.serverIO.kick = self.clientIO.kick = self._kick
+
+    def _kick(self) -> None:
+        if self._reactor is not None and self._next is None:
+            self._next = self._reactor.callLater(0, self._flushNow)
+
+    def _flushNow(self) -> None:
+        self._next = None
+        self.flush()
 
     def pump(self, debug: bool = False, advanceClock: bool = True) -> bool:
-        if advanceClock:
+        if advanceClock and self._reactor is None:
             self.clock.advance(0)
         held = self.serverIO.deliverHeld() | self.clientIO.deliverHeld()
         return bool(super().pump(debug, advanceClock=False)) or held
+
+
+def _nothing() -> None:
+    pass
 
 
 class _FrameCollector(Protocol):

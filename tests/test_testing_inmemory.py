@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest_twisted
+from twisted.internet import reactor as globalReactor
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
@@ -9,6 +11,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import IOPump
 
 from netproto.testing import PausableTransport, serveInMemory
+from tests.support import eventually
 
 
 class Reader(Protocol):
@@ -84,3 +87,31 @@ def test_a_close_while_paused_is_reported_at_once() -> None:
     pump.flush()
     assert server.lost is not None
     assert server.reads == []
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data.upper())
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_real_reactor_the_pump_runs_by_itself() -> None:
+    """Given a real reactor (a service that also does real I/O), no one calls
+    flush: what an end writes, and what a resumed reader held, move on the
+    reactor's next turn, and a close reaches the other end."""
+    client = Reader()
+    server, _, _ = serveInMemory(Factory.forProtocol(Echo), client, globalReactor)
+    assert client.transport is not None
+    client.transport.write(b"hello")
+    await eventually(lambda: b"".join(client.reads) == b"HELLO")
+    client.pause()
+    client.transport.write(b" again")
+    clientIO = client.transport
+    assert isinstance(clientIO, PausableTransport)
+    await eventually(lambda: b"".join(clientIO.held) == b" AGAIN")
+    client.resume()
+    await eventually(lambda: b"".join(client.reads) == b"HELLO AGAIN")
+    assert isinstance(server, Echo) and server.transport is not None
+    server.transport.loseConnection()
+    await eventually(lambda: client.lost is not None)
