@@ -122,16 +122,16 @@ def loadOrCreate(dataDir: Path, hostname: str | None = None) -> ServerCertificat
     :raises CertificateError: with a message for the operator.
     """
     keyPath, certPath = dataDir / KEY_FILE, dataDir / CERT_FILE
+    if certPath.exists() and not keyPath.exists():
+        raise CertificateError(
+            f"{keyPath}: missing, but {certPath} exists (restore the key, or remove "
+            "both to make a new certificate: every client will then see a changed one)"
+        )
     try:
         if not certPath.exists():
             keyPEM = keyPath.read_bytes() if keyPath.exists() else writePrivate(keyPath, _newKey())
             writePrivate(certPath, _selfSigned(keyPEM, hostname or socket.gethostname()))
         keyPEM, certPEM = keyPath.read_bytes(), certPath.read_bytes()
-    except FileNotFoundError as e:
-        raise CertificateError(
-            f"{e.filename}: missing, but {certPath} exists (restore the key, or remove "
-            "both to make a new certificate: every client will then see a changed one)"
-        ) from None
     except OSError as e:
         raise CertificateError(f"{e.filename or keyPath}: {e.strerror}") from None
     return _check(keyPath, certPath, keyPEM, certPEM)
