@@ -99,3 +99,73 @@ def redisServer(tmp: Path) -> Iterator[Redis]:
         yield redis
     finally:
         redis.stop()
+
+
+class LineClient:
+    """A chat member over a real socket, reading whole lines with deadlines."""
+
+    def __init__(self, port: int, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.timeout = timeout
+        self.buf = b""
+        self.closed = False
+        self.nick = self.expect("*** Welcome").split(" You are ", 1)[1].split(" ", 1)[0]
+
+    def send(self, *lines: str) -> None:
+        self.sock.sendall(b"".join(line.encode() + b"\n" for line in lines))
+
+    def line(self, timeout: float | None = None) -> str | None:
+        """The next line, or None once the server closed the connection."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\r\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line within the deadline; have {self.buf!r}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                self.closed = True
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def expect(self, start: str, timeout: float | None = None) -> str:
+        """Read lines until one starts with ``start``; return it (the others are dropped)."""
+        skipped: list[str] = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            line = self.line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"closed before {start!r}; got {skipped}")
+            if line.startswith(start):
+                return line
+            skipped.append(line)
+
+    def until(self, start: str, timeout: float | None = None) -> list[str]:
+        """Every line up to and including the first that starts with ``start``."""
+        got: list[str] = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not got or not got[-1].startswith(start):
+            line = self.line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                raise AssertionError(f"closed before {start!r}; got {got}")
+            got.append(line)
+        return got
+
+    def sync(self, tag: str) -> list[str]:
+        """Every line the server sent before the answer to a ``/msg`` to itself:
+        everything due to this member so far has come once that answer comes."""
+        self.send(f"/msg {self.nick} {tag}")
+        return self.until(f"*{self.nick}* {tag}")[:-1]
+
+    def rename(self, nick: str) -> None:
+        self.send(f"/nick {nick}")
+        self.expect(f"*** {self.nick} is now known as {nick}")
+        self.nick = nick
+
+    def close(self) -> None:
+        self.sock.close()
