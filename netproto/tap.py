@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from netproto.auth import AuthSetupError, makePortal
 from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT
+from netproto.jsonlog import checkTwistdOptions, jsonLogged, logFormat
 from netproto.options import seconds, streamEndpoint
 from netproto.runtime import raiseFileLimit, tuneAllocator
 from netproto.services import (
@@ -109,6 +110,14 @@ class ServerOptions(usage.Options):
             "'none': not served. See docs/operations.md, Metrics.",
             streamEndpoint,
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text, or json: one JSON object a line for log shippers, written where "
+            "twistd's --logfile says. See docs/operations.md, JSON logs.",
+            logFormat,
+        ],
     ]
 
     services: dict[str, INetprotoService] = {}
@@ -144,6 +153,11 @@ class ServerOptions(usage.Options):
         for name, description in endpoints:
             self._checkEndpoint(name, description)
         self.endpoints = endpoints
+        if self["log-format"] == "json":
+            try:
+                checkTwistdOptions(getattr(self, "parent", None))
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         dataDir = Path(self["data-dir"]) if self["data-dir"] else defaultDataDir()
         try:
             dataDir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -261,4 +275,6 @@ def makeService(options: ServerOptions) -> IServiceCollection:
         "netproto: ready ({count} endpoints)",
         count=len(options.endpoints),
     )
+    if options["log-format"] == "json":
+        return jsonLogged(top, getattr(options, "parent", None), options.services)
     return top
