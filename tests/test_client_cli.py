@@ -202,7 +202,10 @@ def test_the_services_bring_their_subcommands() -> None:
     """chat, exec and upload declare their subcommands in their plugins, as a
     third-party service would; the client lists none by hand."""
     commands = clientCommands()
-    assert list(commands) == ["chat", "exec", "upload"]
-    for name, command in commands.items():
-        assert discoverServices()[name].client is command
-        assert command.module == f"netproto.{name}.client"
+    assert list(commands) == ["chat", "exec", "upload", "ls", "download"]
+    for name in ("chat", "exec", "upload"):
+        assert discoverServices()[name].client is commands[name]
+        assert commands[name].module == f"netproto.{name}.client"
+    # upload also brings the files commands (PROTOCOL.md section 6)
+    for name in ("ls", "download"):
+        assert discoverServices()["upload"].moreClients[name] is commands[name]

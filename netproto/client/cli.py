@@ -37,12 +37,13 @@ def clientCommands() -> dict[str, ClientCommand]:
         raise ClientError(str(e)) from None
     commands = {}
     for name, service in services.items():
+        # "moreClients" (optional): more subcommands, by name (upload's ls, download).
+        more = getattr(service, "moreClients", {})
         command = getattr(service, "client", None)  # optional in INetprotoService
-        if command is None:
-            continue
-        if name == OWN_COMMAND:
-            raise ClientError(f"the service plugin {name!r} takes the name of a built-in command")
-        commands[name] = command
+        for named, given in ([(name, command)] if command else []) + list(more.items()):
+            if named == OWN_COMMAND or named in commands or (named != name and named in services):
+                raise ClientError(f"the service plugin {name!r} takes the name {named!r} twice")
+            commands[named] = given
     return commands
 
 

@@ -30,12 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 
-from netproto.client.connection import (
-    addAuthArguments,
-    addConnectionArguments,
-    clientEndpoint,
-    credentials,
-)
+from netproto.client.connection import clientEndpoint, credentials
 from netproto.client.framed import (
     ClientError,
     ConnectionClosed,
@@ -45,6 +40,7 @@ from netproto.client.framed import (
 )
 from netproto.errors import ProtocolError
 from netproto.upload.names import splitName
+from netproto.upload.remote import addTransferArguments
 
 DEFAULT_PORT: Final = 8002
 #: Seconds a file must take before its progress bar appears.
@@ -70,16 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace files that exist on the server"
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue interrupted uploads, and keep their data if interrupted again",
-    )
-    parser.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress bar and no line per stored file"
-    )
-    addConnectionArguments(parser, DEFAULT_PORT)
-    addAuthArguments(parser)
+    addTransferArguments(parser, "upload", DEFAULT_PORT)
 
 
 @dataclass
