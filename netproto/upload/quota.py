@@ -32,6 +32,16 @@ The accounting, and why it is shaped so:
 
 Kept partial data (an interrupted upload waiting for its resume) is not
 charged: the resume TTL and ``--upload-min-free`` bound it.
+
+Which thread touches the index: while serving, only upload's worker threads
+(:mod:`netproto.upload.workers`): :meth:`Quotas.reserve` and
+:meth:`Quotas.commit` run in a connection's writing lane (with the opening
+and the renaming of its file), :meth:`Quotas.reconcile` in the factory's
+sweep lane; the reactor thread only calls :meth:`Quotas.release`, which is
+arithmetic under a lock that no I/O holds. The index is opened and summed
+once, when the service is built, before the reactor runs (a broken index
+then stops the service from starting). ``tests/test_upload_quota_threads.py``
+checks it on the real reactor.
 """
 
 from __future__ import annotations
