@@ -283,6 +283,7 @@ class ClusterChatServer(ChatServer):
                 await arrived
                 return
         except LinkDown:
+            self._settle(participant)
             if participant in self._ids and participant.room is self._limbo:
                 self._forget(participant)
                 participant.room = None
@@ -358,7 +359,7 @@ class ClusterChatServer(ChatServer):
             await self._script("join", self.serverId, memberId, roomKey, roomName, HISTORY_PREFIX)
             await arrived
         except LinkDown:
-            self._joining.pop(participant, None)
+            self._settle(participant)
             if participant not in self._ids:
                 return
             if participant.room is self._limbo:  # it left its room already
@@ -437,6 +438,12 @@ class ClusterChatServer(ChatServer):
         arrived: Deferred[None] = Deferred()
         self._joining[participant] = (roomKey, arrived)
         return arrived
+
+    def _settle(self, participant: IParticipant) -> None:
+        """``participant`` no longer waits to enter a room (the link went)."""
+        joining = self._joining.pop(participant, None)
+        if joining is not None:
+            joining[1].addErrback(lambda _: None)  # its LinkDown is handled by the caller
 
     def _arrive(self, participant: IParticipant, text: bytes) -> None:
         joining = self._joining.pop(participant, None)
