@@ -262,7 +262,8 @@ class WebChatProtocol(WebSocketServerProtocol):
         if isBinary or len(payload) > self.factory.chat.config.maxLine + 1:
             self.strikes += 1
             if self.strikes > MAX_STRIKES:
-                self.sendClose(POLICY_VIOLATION, "too many refused messages")
+                # sendClose takes application codes only (1000, 3000-4999).
+                self.sendCloseFrame(POLICY_VIOLATION, b"too many refused messages")
                 return
             if isBinary:
                 self.factory.chat.server.send(member, BINARY_REFUSED)
@@ -307,6 +308,8 @@ class WebChatFactory(WebSocketServerFactory):
             openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             webStatus=False,  # a plain GET of /chat gets 426, not autobahn's page
+            failByDrop=False,  # a peer past a limit is told why (close frame), then dropped
+            allowNullOrigin=True,  # "null" is refused by onConnect, with the others (403)
         )
 
     def allows(self, origin: str, own: str) -> bool:
