@@ -66,6 +66,23 @@ def test_a_killed_servers_members_quit_as_server_lost_and_free_their_nicks(
             victim.close()
 
 
+def test_a_server_stopped_says_its_members_quit_at_once(tmp_path: Path) -> None:
+    """SIGTERM one of two servers: before it exits, the other's members see each of
+    its members quit ``(server shutting down)``, without waiting for its presence
+    to expire."""
+    with redisServer(tmp_path) as redis, servers(tmp_path, redis, 2) as (a, b):
+        watcher, leaving = LineClient(a.port("chat")), LineClient(b.port("chat"))
+        try:
+            leaving.rename("leaving")
+            watcher.expect("*** ")
+            assert b.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+            line = watcher.expect("*** leaving", timeout=5.0)
+            assert line == "*** leaving has quit (server shutting down)"
+        finally:
+            watcher.close()
+            leaving.close()
+
+
 def test_redis_stopped_and_restarted_the_cluster_says_so_and_converges(
     tmp_path: Path,
 ) -> None:
