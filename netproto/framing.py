@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -65,6 +66,16 @@ DEFAULT_FRAME_TIMEOUT: Final = 30.0
 #: for defence; 10 minutes (as ProFTPD's ``TimeoutIdle``) never cuts a session
 #: working with pauses, and the bundled clients never hold a connection idle.
 DEFAULT_IDLE_TIMEOUT: Final = 600.0
+#: Default most connections from one IP address that may be unauthenticated at
+#: once (``--max-unauthenticated-per-host``; 0: no cap). Each holds a descriptor
+#: and a protocol for up to the grace period (30 s) without proving anything,
+#: so without a cap one host could hold thousands and starve the server of
+#: descriptors. A connection stops counting once it is authenticated, so the
+#: cap only bounds logins in progress: a person or a NAT of a few users has
+#: a handful at a time; 16 leaves room for scripts that connect in parallel.
+#: Past it a connection gets ``E busy`` and is closed at once. UNIX-socket
+#: peers are not counted (they have no address to tell apart).
+DEFAULT_MAX_UNAUTHENTICATED_PER_HOST: Final = 16
 #: Seconds a connection closed for a fatal error may take to drain what is
 #: queued for it (the ``E`` frame at least) before it is aborted: a peer that
 #: stopped reading must not keep its connection and buffers by not reading.
@@ -74,6 +85,14 @@ CLOSE_GRACE: Final = 10.0
 _SLACK: Final = 1e-6
 
 _NO_TYPES: Final[frozenset[bytes]] = frozenset()
+
+
+def _hostOf(address: object) -> str | None:
+    """The IP address a connection counts against per-host caps; None for
+    peers without one (UNIX sockets)."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return None
 
 
 def growReadSize(transport: object, lastRead: int) -> None:
@@ -190,6 +209,10 @@ class FramedProtocol(Protocol):
         self._pausedForLogin = False
         #: Who this is in summarised log lines (:func:`netproto.logsummary.sourceOf`).
         self.source = "?"
+        #: The IP address this connection counts against while it is not
+        #: authenticated (:meth:`FramedFactory.admitUnauthenticated`); None
+        #: once authenticated or closed, or for a peer without an address.
+        self._unauthenticatedHost: str | None = None
         self._decoder = FrameDecoder(PRE_AUTH_MAX_FRAME)
         self._graceTimer: IDelayedCall | None = None
         self._failTimer: IDelayedCall | None = None
@@ -227,10 +250,23 @@ class FramedProtocol(Protocol):
             features=self.factory.features,
         )
         self.sendFrame(b"H", hello.encode())
+        host = _hostOf(self.transport.getPeer())
+        if not self.factory.admitUnauthenticated(host):
+            self.fail(
+                ProtocolError(
+                    "busy",
+                    f"{self.factory.maxUnauthenticatedPerHost} connections from {host} are "
+                    "not authenticated yet (--max-unauthenticated-per-host); try later",
+                    fatal=True,
+                )
+            )
+            return
+        self._unauthenticatedHost = host
         self._graceTimer = ctx.reactor.callLater(self.factory.graceTimeout, self._graceExpired)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._advance(Event.CLOSE)
+        self._stopCountingUnauthenticated()
         for timer in (self._graceTimer, self._failTimer, self._watchdog):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -252,6 +288,12 @@ class FramedProtocol(Protocol):
             peer=self.peer,
             user="unauthenticated",
         )
+
+    def _stopCountingUnauthenticated(self) -> None:
+        """Authenticated, or gone: no longer one of its host's unauthenticated connections."""
+        host, self._unauthenticatedHost = self._unauthenticatedHost, None
+        if host is not None:
+            self.factory.leftUnauthenticated(host)
 
     def _advance(self, trigger: Trigger) -> None:
         """Move to the state :data:`TRANSITIONS` gives for ``trigger``; one it
@@ -458,6 +500,7 @@ class FramedProtocol(Protocol):
             return
         self.avatar = avatar
         self._advance(Event.ACCEPTED)
+        self._stopCountingUnauthenticated()
         if self._pausedForLogin:
             self._pausedForLogin = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -565,6 +608,11 @@ class FramedFactory(ServerFactory):
         (``--idle-timeout``; 0: no limit).
     :ivar features: what the hello offers of PROTOCOL.md sections 5 and 6;
         a service sets it to what it implements and its options allow.
+    :ivar maxUnauthenticatedPerHost: connections from one IP address that may
+        be unauthenticated at once (``--max-unauthenticated-per-host``,
+        :data:`DEFAULT_MAX_UNAUTHENTICATED_PER_HOST`; 0: no cap).
+    :ivar unauthenticated: how many connections of each IP address are not
+        authenticated yet (addresses with none are not kept).
     """
 
     protocol = FramedProtocol  # type: ignore[assignment]
@@ -573,6 +621,7 @@ class FramedFactory(ServerFactory):
     frameTimeout: float = DEFAULT_FRAME_TIMEOUT
     idleTimeout: float = DEFAULT_IDLE_TIMEOUT
     features: tuple[str, ...] = ()
+    maxUnauthenticatedPerHost: int = DEFAULT_MAX_UNAUTHENTICATED_PER_HOST
 
     def __init__(self, context: ServerContext, maxFrame: int = DEFAULT_MAX_FRAME) -> None:
         self.context = context
@@ -580,9 +629,33 @@ class FramedFactory(ServerFactory):
         options = context.options
         self.frameTimeout = float(options.get("frame-timeout", self.frameTimeout))
         self.idleTimeout = float(options.get("idle-timeout", self.idleTimeout))
+        self.maxUnauthenticatedPerHost = int(
+            options.get("max-unauthenticated-per-host", self.maxUnauthenticatedPerHost)
+        )
+        self.unauthenticated: dict[str, int] = {}
         #: Connection events per source and interval (finding 11 of the hardening
         #: issue): one host's flood of connections or guesses costs a few lines.
         self.logSummary = RepeatSummary(self.protocol.log, clock=context.reactor)
+
+    def admitUnauthenticated(self, host: str | None) -> bool:
+        """Count a new connection from ``host`` as unauthenticated, unless its
+        host is at the cap (then False: the connection is refused). A peer
+        without an IP address (``None``) is always admitted, not counted."""
+        if host is None:
+            return True
+        held = self.unauthenticated.get(host, 0)
+        if self.maxUnauthenticatedPerHost and held >= self.maxUnauthenticatedPerHost:
+            return False
+        self.unauthenticated[host] = held + 1
+        return True
+
+    def leftUnauthenticated(self, host: str) -> None:
+        """A connection counted by :meth:`admitUnauthenticated` logged in or went away."""
+        left = self.unauthenticated[host] - 1
+        if left:
+            self.unauthenticated[host] = left
+        else:
+            del self.unauthenticated[host]
 
     def stopFactory(self) -> None:
         self.logSummary.flush()

@@ -17,9 +17,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from netproto.auth import AuthSetupError, makePortal
-from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT
+from netproto.framing import (
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_UNAUTHENTICATED_PER_HOST,
+)
 from netproto.jsonlog import checkTwistdOptions, jsonLogged, logFormat
-from netproto.options import seconds, streamEndpoint
+from netproto.options import count, seconds, streamEndpoint
 from netproto.runtime import raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
@@ -101,6 +105,14 @@ class ServerOptions(usage.Options):
             "Seconds an authenticated exec or upload connection may stay idle (no frame, "
             "no command running, no upload being written) before it gets E timeout. 0: no limit.",
             seconds,
+        ],
+        [
+            "max-unauthenticated-per-host",
+            None,
+            DEFAULT_MAX_UNAUTHENTICATED_PER_HOST,
+            "Connections from one IP address to a framed service (exec, upload) that may be "
+            "not yet authenticated at once; past it, E busy and a close. 0: no cap.",
+            count,
         ],
         [
             "metrics",

@@ -22,6 +22,7 @@ from typing import Any, Final
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IProtocol,
     IProtocolFactory,
@@ -83,7 +84,10 @@ def defaultOptions(service: INetprotoService) -> dict[str, Any]:
 
 
 def serveInMemory(
-    serverFactory: IProtocolFactory, client: Protocol, clock: Any = None
+    serverFactory: IProtocolFactory,
+    client: Protocol,
+    clock: Any = None,
+    peerAddress: IAddress | None = None,
 ) -> tuple[IProtocol, Protocol, IOPump]:
     """Connect ``client`` to a protocol of ``serverFactory`` in memory.
 
@@ -104,10 +108,14 @@ def serveInMemory(
         processes): the pump then runs by itself on that reactor, once after
         each write, close or resumed read of either end, and the test waits
         on Deferreds as over a socket.
+    :param peerAddress: the client's address as the server sees it (given to
+        ``buildProtocol`` and returned by ``transport.getPeer()``), for a
+        service that tells peers apart by address (per-host caps); default:
+        an address that is no IP address.
     """
-    server = serverFactory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242))
+    server = serverFactory.buildProtocol(peerAddress or IPv4Address("TCP", "127.0.0.1", 4242))
     assert server is not None, "the factory refused the connection"
-    serverIO = PausableTransport(server, isServer=True)
+    serverIO = PausableTransport(server, isServer=True, peerAddress=peerAddress)
     clientIO = PausableTransport(client, isServer=False)
     server.makeConnection(serverIO)
     client.makeConnection(clientIO)
@@ -139,8 +147,10 @@ class PausableTransport(FakeTransport):
         reactor (:func:`serveInMemory` given one) knows it has work.
     """
 
-    def __init__(self, protocol: IProtocol, isServer: bool) -> None:
-        super().__init__(protocol, isServer)
+    def __init__(
+        self, protocol: IProtocol, isServer: bool, peerAddress: IAddress | None = None
+    ) -> None:
+        super().__init__(protocol, isServer, peerAddress=peerAddress)
         #: Whether reading is paused (``pauseProducing`` called, not yet resumed).
         self.paused = False
         #: What arrived while paused (or since the resume), not yet delivered.
@@ -268,11 +278,15 @@ class FramedPeer:
     yet expected and fail with an :class:`AssertionError` naming what came
     instead.
 
+    :param peerAddress: where the peer connects from, as the server sees it
+        (see :func:`serveInMemory`).
     :ivar hello: the server's ``H``, decoded.
     :ivar server: the server-side protocol (to look at its state in a test).
     """
 
-    def __init__(self, factory: IProtocolFactory, clock: Any = None) -> None:
+    def __init__(
+        self, factory: IProtocolFactory, clock: Any = None, peerAddress: IAddress | None = None
+    ) -> None:
         if clock is None:
             context = getattr(factory, "context", None)
             clock = getattr(context, "reactor", None)
@@ -280,7 +294,7 @@ class FramedPeer:
                 raise TypeError("pass a clock: the factory's reactor cannot advance time")
         self.clock = clock
         self._client = _FrameCollector()
-        self.server, _, self._pump = serveInMemory(factory, self._client, clock)
+        self.server, _, self._pump = serveInMemory(factory, self._client, clock, peerAddress)
         self.hello = Hello.decode(self.expect(b"H"))
 
     # -- moving bytes and time ------------------------------------------------
