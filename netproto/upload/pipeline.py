@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from netproto.errors import ProtocolError
 from netproto.upload.quota import Quotas, Reservation
-from netproto.upload.store import Buffer, PartialFile, UploadStore
+from netproto.upload.store import Buffer, PartialFile, UploadStore, commitGroup
 from netproto.upload.workers import Executor, Lane, Reporter
 
 T = TypeVar("T")
@@ -132,6 +132,9 @@ class Pipeline:
     #: (:meth:`~netproto.upload.store.PartialFile.flush`) while more arrive,
     #: so that the fsync after the last byte has little left to wait for.
     flushStep: int = 16 * 1024 * 1024
+    #: Most files one group commit makes durable: a client pipelining faster
+    #: than the disk still hears about its files every so many.
+    groupMax: int = 64
 
     def __init__(
         self,
@@ -147,6 +150,11 @@ class Pipeline:
         self.writer = Lane(executor, report)
         self.hasher = Lane(executor, report)
         self.flusher = Lane(executor, report)
+        #: small files whose data and checks are queued in the writing lane
+        self._staging = 0
+        #: small files checked and waiting for their group commit, with their
+        #: digest and the Deferred of their finish
+        self._group: list[tuple[Upload, str, Deferred[str]]] = []
 
     @property
     def busy(self) -> bool:
@@ -203,12 +211,17 @@ class Pipeline:
         partial = upload.partial
         assert partial is not None
         if not upload.pipelined:
-            # Everything is still here: one call writes, hashes, checks,
-            # syncs and renames (a small file's only hop after its P).
+            # Everything is still here: one call writes, hashes and checks it
+            # (a small file's only hop after its P), then it joins a group
+            # commit with the files finishing right after it.
             chunks, n = upload.pending, upload.pendingBytes
             upload.pending, upload.pendingBytes, upload.gather = [], 0, None
             upload.writing += n
-            d = self.writer.run(_complete, self.quotas, upload, chunks, sha256)
+            d: Deferred[str] = Deferred()
+            self._staging += 1
+            staged = self.writer.run(_stage, upload, chunks, sha256)
+            staged.addCallbacks(self._staged, self._stageFailed, (upload, d), {}, (d,))
+            staged.addErrback(self.owner.bug)
         else:
             if upload.pendingBytes:
                 self._batch(upload)
@@ -224,6 +237,38 @@ class Pipeline:
                 .addCallback(self._place, upload, sha256)
             )
         return d.addBoth(_settled, upload)
+
+    # -- group commit ---------------------------------------------------------------
+
+    def _staged(self, digest: str, upload: Upload, d: Deferred[str]) -> None:
+        self._staging -= 1
+        self._group.append((upload, digest, d))
+        self._commitWhenDue()
+
+    def _stageFailed(self, failure: Failure, d: Deferred[str]) -> None:
+        self._staging -= 1
+        d.errback(failure)
+        self._commitWhenDue()
+
+    def _commitWhenDue(self) -> None:
+        """Commit the staged files once no more are being staged right behind
+        them (the lane has caught up with the client), or once the group is
+        :attr:`groupMax` files: one flush of the disk for all of them."""
+        if self._group and (self._staging == 0 or len(self._group) >= self.groupMax):
+            group, self._group = self._group, []
+            d = self.writer.run(_commitGroup, self.quotas, [upload for upload, _, _ in group])
+            d.addCallback(self._committed, group)
+            d.addErrback(self.owner.bug)
+
+    @staticmethod
+    def _committed(
+        results: list[ProtocolError | None], group: list[tuple[Upload, str, Deferred[str]]]
+    ) -> None:
+        for (_, digest, d), error in zip(group, results, strict=True):
+            if error is None:
+                d.callback(digest)
+            else:
+                d.errback(error)
 
     def _place(self, _: None, upload: Upload, sha256: str) -> Deferred[str]:
         if upload.abandoned:
@@ -330,11 +375,27 @@ def _finish(quotas: Quotas, upload: Upload, sha256: str, synced: bool) -> str:
     return digest
 
 
-def _complete(quotas: Quotas, upload: Upload, chunks: list[Buffer], sha256: str) -> str:
-    """In the worker: the last data, then :func:`_finish`."""
+def _stage(upload: Upload, chunks: list[Buffer], sha256: str) -> str:
+    """In the worker: a small file's data, hashed and written, then its size
+    and digest checked; it is made durable by :func:`_commitGroup`."""
     assert upload.partial is not None
     upload.partial.write(chunks)
-    return _finish(quotas, upload, sha256, False)
+    return upload.partial.verify(sha256)
+
+
+def _commitGroup(quotas: Quotas, uploads: list[Upload]) -> list[ProtocolError | None]:
+    """In the worker: :func:`~netproto.upload.store.commitGroup`, then each
+    stored file charged to its user."""
+    files = []
+    for upload in uploads:
+        assert upload.partial is not None
+        files.append((upload.partial, upload.overwrite))
+    results = commitGroup(files)
+    for upload, error in zip(uploads, results, strict=True):
+        if error is None:
+            assert upload.reservation is not None
+            quotas.commit(upload.reservation)
+    return results
 
 
 def _keep(partial: PartialFile, chunks: list[Buffer]) -> None:
