@@ -9,7 +9,7 @@
   var MAX_BACKOFF = 30000;       // ms: the longest wait between reconnection attempts
   var FIRST_BACKOFF = 500;       // ms: the first wait; doubled at each failure
   var ROOMS_EVERY = 20000;       // ms: the room list is refreshed this often while visible
-  var WHO_DELAY = 300;           // ms: /who waits this long after a join or part, to batch them
+  var WHO_DELAY = 300;           // ms: /who and /rooms wait this long after a join or part, to batch them
 
   function $(id) { return document.getElementById(id); }
   var log = $("log"), input = $("input"), statusLine = $("status");
@@ -189,7 +189,11 @@
 
   function whoSoon() {
     if (whoTimer === null) {
-      whoTimer = setTimeout(function () { whoTimer = null; ask("who"); }, WHO_DELAY);
+      whoTimer = setTimeout(function () {
+        whoTimer = null;
+        ask("who");
+        ask("rooms");  // the counts changed too
+      }, WHO_DELAY);
     }
   }
 
