@@ -11,27 +11,20 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import ITCPTransport
 
-from netproto.client.framed import FramedClient, ServerError, connectFramed
-from netproto.codec import decodeJSON
+from netproto.client.framed import FramedClient, ServerError
 from netproto.exec import spawn as _spawn
-from netproto.exec.server import ExecFactory, makeFactory
+from netproto.exec.server import ExecFactory
 from netproto.framing import MAX_READ_SIZE
-from tests.support import eventually, makeContext, token, waitDeferred
+from tests.execkit import finish, run, serving, started
+from tests.support import eventually, waitDeferred
 
 MiB = 1 << 20
 PY = sys.executable
@@ -49,84 +42,6 @@ def exitWatch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         os.close(fd)
     name: str = request.param
     return name
-
-
-@dataclass
-class Server:
-    factory: ExecFactory
-    port: int
-    token: str
-
-    async def connect(self) -> FramedClient:
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
-        return await connectFramed(endpoint, "exec", {"token": self.token})
-
-
-@asynccontextmanager
-async def serving(tmp_path: Path, **options: Any) -> AsyncIterator[Server]:
-    """An exec server on a loopback port; on the way out every command is gone."""
-    opts: dict[str, Any] = {"exec-cwd": str(tmp_path), "exec-kill-grace": 0.5}
-    opts.update(options)
-    context = makeContext(tmp_path, options=opts)
-    factory = makeFactory(context)
-    factory.strayReapInterval = 0.05
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    try:
-        address = port.getHost()
-        assert isinstance(address, IPv4Address)
-        yield Server(factory, address.port, token(context))
-    finally:
-        await maybeDeferred(port.stopListening)
-        await waitDeferred(factory.endAll(), 15)
-
-
-@dataclass
-class Result:
-    pid: int
-    out: bytes = b""
-    err: bytes = b""
-    exit: dict[str, Any] = field(default_factory=dict)
-    kinds: list[bytes] = field(default_factory=list)
-
-
-async def started(client: FramedClient, request: dict[str, Any]) -> int:
-    """Send R and wait for its K; the command's pid."""
-    client.sendJSON(b"R", request)
-    k = await waitDeferred(Deferred.fromCoroutine(client.receiveJSON(b"K")))
-    pid: int = k["pid"]
-    return pid
-
-
-async def finish(client: FramedClient, pid: int, timeout: float = 20) -> Result:
-    """Collect output frames up to X."""
-    result = Result(pid)
-    out, err = bytearray(), bytearray()
-    while True:
-        kind, payload = await waitDeferred(client.receive(), timeout)
-        result.kinds.append(kind)
-        if kind == b"1":
-            out += payload
-        elif kind == b"2":
-            err += payload
-        elif kind == b"X":
-            result.exit = decodeJSON(payload)
-            break
-        else:
-            raise AssertionError(f"unexpected frame {kind!r}")
-    result.out, result.err = bytes(out), bytes(err)
-    return result
-
-
-async def run(client: FramedClient, request: dict[str, Any], stdin: bytes | None = None) -> Result:
-    if stdin is not None:
-        request = {**request, "stdin": True}
-    pid = await started(client, request)
-    if stdin is not None:
-        chunk = client.maxFrame - 1
-        for i in range(0, len(stdin), chunk):
-            client.send(b"0", stdin[i : i + chunk])
-        client.send(b"C")
-    return await finish(client, pid)
 
 
 def groupGone(pgid: int) -> bool:

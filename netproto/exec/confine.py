@@ -220,6 +220,8 @@ class Guardian:
         env = dict(os.environ)
         home = str(Path(netproto.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [home, env.get("PYTHONPATH")]))
+        # Nor a netproto in the server's directory (Python 3.11 and later).
+        env["PYTHONSAFEPATH"] = "1"
         readEnd, writeEnd = os.pipe2(os.O_CLOEXEC)
         try:
             child = _spawn.startHelper(self.argv, stdin=readEnd, devnull=self.devnull, env=env)

@@ -94,4 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Hold no directory of the server's busy (a mount could not be unmounted).
+    os.chdir("/")
     sys.exit(main())

@@ -97,7 +97,17 @@ service = LazyService(
         ],
     ],
     optFlags=[
-        ["exec-no-shell", None, 'Refuse shell commands ({"shell": ...}); argv only.'],
+        [
+            "exec-no-shell",
+            None,
+            'Refuse shell commands ({"shell": ...}) and login shells; argv only.',
+        ],
+        [
+            "exec-no-pty",
+            None,
+            "Refuse terminals (R with pty: netproto exec -t, login shells); the exec "
+            'hello then offers no "pty".',
+        ],
         [
             "exec-no-cgroups",
             None,

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
 from netproto.errors import ProtocolError
+from netproto.exec.pty import Terminal, parseTerminal
 
 #: ``PATH`` of a command unless ``--exec-path`` says otherwise.
 DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
@@ -145,7 +146,12 @@ class PathCache:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request the policy accepted, ready to start."""
+    """A request the policy accepted, ready to start.
+
+    :ivar terminal: what the command's pseudo-terminal is to be, or None for pipes.
+    :ivar login: whether it is the server user's login shell (``pty`` without
+        ``argv`` or ``shell``).
+    """
 
     executable: str
     argv: tuple[str, ...]
@@ -154,10 +160,22 @@ class Prepared:
     stdin: bool
     timeout: float | None
     shell: bool
+    terminal: Terminal | None = None
+    login: bool = False
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """The terminal's ``(rows, cols)``, or None for pipes."""
+        return None if self.terminal is None else (self.terminal.rows, self.terminal.cols)
 
     def describe(self, limit: int = 200) -> str:
         """The command for logs, shortened."""
-        text = " ".join(self.argv[2:] if self.shell else self.argv)
+        if self.login:
+            text = f"login shell {self.executable}"
+        else:
+            text = " ".join(self.argv[2:] if self.shell else self.argv)
+        if self.terminal is not None:
+            text += f" (on a terminal, {self.terminal.term})"
         return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -180,12 +198,13 @@ def _splitList(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-def _serverUser() -> tuple[str, str]:
+def _serverUser() -> tuple[str, str, str]:
+    """The server user's name, home and login shell."""
     try:
         entry = pwd.getpwuid(os.getuid())
     except KeyError:
-        return str(os.getuid()), "/"
-    return entry.pw_name, entry.pw_dir
+        return str(os.getuid()), "/", SHELL
+    return entry.pw_name, entry.pw_dir, entry.pw_shell or SHELL
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,9 @@ class ExecPolicy:
         (``--exec-max-tasks``); None where none was given (a cgroup then
         has :data:`DEFAULT_MAX_TASKS`).
     :ivar cgroups: whether commands may get a pids cgroup each (not ``--exec-no-cgroups``).
+    :ivar pty: whether commands may run on a terminal (not ``--exec-no-pty``).
+    :ivar loginShell: the server user's login shell (``pty`` without a command);
+        refused with ``shell``.
     """
 
     allow: tuple[str, ...] | None = None
@@ -220,6 +242,8 @@ class ExecPolicy:
     killGrace: float = DEFAULT_KILL_GRACE
     maxTasks: int | None = None
     cgroups: bool = True
+    pty: bool = True
+    loginShell: str = SHELL
     #: Program lookups on ``PATH`` (see :class:`PathCache`).
     paths: PathCache = field(default_factory=PathCache, compare=False, repr=False)
 
@@ -232,7 +256,7 @@ class ExecPolicy:
         :raises ValueError: for an option that makes no sense, with a message
             for the operator.
         """
-        userName, userHome = _serverUser()
+        userName, userHome, loginShell = _serverUser()
         home = environ.get("HOME") or userHome
         allowText = options.get("exec-allow")
         allow = _splitList(allowText) if allowText else None
@@ -300,39 +324,65 @@ class ExecPolicy:
             killGrace=grace,
             maxTasks=maxTasks,
             cgroups=not options.get("exec-no-cgroups"),
+            pty=not options.get("exec-no-pty"),
+            loginShell=loginShell,
         )
 
     # -- one request ---------------------------------------------------------------
 
     def prepare(self, request: Mapping[str, Any], user: str, peer: str) -> Prepared:
-        """Check an ``R`` request and resolve its program; see the module docstring."""
-        argv, shell = self._command(request)
+        """Check an ``R`` request and resolve its program; see the module docstring.
+
+        With ``"pty"`` (PROTOCOL.md section 5) the command runs on a terminal
+        (``TERM`` from the request, stdin always open), and without ``argv``
+        or ``shell`` it is the server user's login shell (``-`` before its
+        name, as ``login`` and ``sshd`` start it), which counts as a shell
+        command for ``--exec-no-shell`` and ``--exec-allow``.
+        """
+        terminal = None if request.get("pty") is None else parseTerminal(request["pty"])
+        login = terminal is not None and "argv" not in request and "shell" not in request
+        argv, shell = (
+            ([os.path.basename(self.loginShell) or "sh"], True) if login else self._command(request)
+        )
         stdin = request.get("stdin", False)
         if not isinstance(stdin, bool):
             raise ProtocolError("bad-frame", '"stdin" must be true or false')
         timeout = self._timeout(request.get("timeout"))
         env = self._environment(request.get("env"), user, peer)
         cwd = self._cwd(request.get("cwd"))
+        if terminal is not None and not self.pty:
+            raise ProtocolError("not-allowed", "terminals (pty) are disabled on this server")
         if shell and not self.shell:
-            raise ProtocolError("not-allowed", "shell commands are disabled on this server")
-        executable = self._resolve(argv[0], env.get("PATH", ""), cwd)
+            what = "login shells" if login else "shell commands"
+            raise ProtocolError("not-allowed", f"{what} are disabled on this server")
+        program = self.loginShell if login else argv[0]
+        executable = self._resolve(program, env.get("PATH", ""), cwd)
         if self.allow is not None and not self._allowed(executable, env.get("PATH", ""), cwd):
             what = "the shell" if shell else repr(argv[0])
             raise ProtocolError("not-allowed", f"{what} may not run on this server")
+        if terminal is not None:
+            env["TERM"] = terminal.term
+        if login:
+            env["SHELL"] = executable
+            argv = ["-" + argv[0]]
         return Prepared(
             executable=executable,
             argv=tuple(argv),
             env=env,
             cwd=cwd,
-            stdin=stdin,
+            stdin=stdin or terminal is not None,
             timeout=timeout,
             shell=shell,
+            terminal=terminal,
+            login=login,
         )
 
     def _command(self, request: Mapping[str, Any]) -> tuple[list[str], bool]:
         hasArgv, hasShell = "argv" in request, "shell" in request
         if hasArgv == hasShell:
-            raise ProtocolError("bad-frame", 'R needs exactly one of "argv" and "shell"')
+            raise ProtocolError(
+                "bad-frame", 'R needs exactly one of "argv" and "shell" (or "pty" alone)'
+            )
         if hasShell:
             text = request["shell"]
             if not _usable(text) or not text:

@@ -8,8 +8,10 @@ Light on purpose: the guardian imports it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 from collections.abc import Container
 
 
@@ -142,4 +144,81 @@ def reapOrphans(started: Container[int]) -> list[int]:
                     reaped.append(pid)
             except ChildProcessError:
                 continue
+    return reaped
+
+
+def sessionMembers(sid: int) -> list[int]:
+    """The pids of every process (zombies included) in session ``sid``: a scan
+    of ``/proc`` (Linux). A terminal's command puts each job of an interactive
+    shell in a process group of its own, all of them in its session."""
+    members: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return members
+    for name in names:
+        if name.isdigit():
+            fields = _stat(int(name))
+            if fields is not None and int(fields[3]) == sid:
+                members.append(int(name))
+    return members
+
+
+def _inSession(pid: int, sid: int, group: int | None) -> bool:
+    fields = _stat(pid)
+    return (
+        fields is not None and int(fields[3]) == sid and (group is None or int(fields[2]) == group)
+    )
+
+
+def killSession(sid: int, sig: int, group: int | None = None) -> bool:
+    """Send ``sig`` to every process of session ``sid`` (of its process group
+    ``group`` only, if given); whether any was there (a zombie counts, as for
+    :func:`killGroup`).
+
+    Each process is held by a pidfd and checked to be in the session (and
+    group) before it is signalled, so a pid reused between the scan and the
+    signal is never hit. Without pidfds (before Linux 5.3), the group ``sid``
+    (or ``group``) alone is signalled.
+    """
+    opener = getattr(os, "pidfd_open", None)
+    sender = getattr(signal, "pidfd_send_signal", None)
+    if opener is None or sender is None:
+        return killGroup(sid if group is None else group, sig)
+    there = False
+    for pid in sessionMembers(sid):
+        try:
+            pidfd = opener(pid)
+        except OSError:
+            continue  # gone since the scan
+        try:
+            if not _inSession(pid, sid, group):
+                continue
+            there = True
+            if sig:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    sender(pidfd, sig)
+        finally:
+            os.close(pidfd)
+    return there
+
+
+def reapSession(sid: int) -> int:
+    """Reap every exited child of ours in session ``sid`` (the orphans a
+    terminal's shell left to this process, its subreaper); how many.
+
+    As with :func:`reapGroup`, call it only once the session's leader has
+    been reaped by whoever started it.
+    """
+    reaped = 0
+    me = os.getpid()
+    for pid in sessionMembers(sid):
+        fields = _stat(pid)
+        if fields is None or fields[0] != b"Z" or int(fields[1]) != me:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+        except ChildProcessError:
+            continue
     return reaped

@@ -1,4 +1,4 @@
-"""The exec connection: ``R``, ``0``, ``C`` and ``S`` frames (PROTOCOL.md section 3).
+"""The exec connection: ``R``, ``0``, ``C``, ``S`` and ``W`` frames (PROTOCOL.md sections 3 and 5).
 
 One command at a time per connection. Each frame type has one handler in
 :attr:`ExecProtocol.frameHandlers`; a handler raises
@@ -12,6 +12,13 @@ mistake. A ``0`` for a command started without ``"stdin": true``, or after
 ``C``, is a mistake (``bad-frame``). An ``S`` is also dropped (and logged)
 once the command's process group is gone, even before ``X`` (its output held
 open by a process that left the group): the group's id may be another's then.
+
+On a terminal (``R`` with ``"pty"``), ``0`` frames are keystrokes whatever
+``"stdin"`` says, ``C`` writes the terminal's end-of-file character and
+leaves it open (more ``0`` frames may follow, as keys after a Ctrl-D), ``S``
+goes to the terminal's foreground process group, and ``W`` resizes it. A
+``W`` for a command on pipes is a mistake (``bad-frame``); one for a command
+that has just ended is dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from zope.interface import implementer
 from netproto.codec import decodeJSON
 from netproto.errors import ProtocolError
 from netproto.exec.audit import StartLog
+from netproto.exec.pty import windowSize
 from netproto.framing import FramedProtocol, FrameHandler, State
 
 if TYPE_CHECKING:
@@ -126,6 +134,8 @@ class ExecProtocol(FramedProtocol):
         self.command: CommandProtocol | None = None
         #: Whether the running command still takes ``0`` frames.
         self.stdinOpen = False
+        #: Whether the running command is on a terminal.
+        self.onTerminal = False
         self._closedWaiters: list[Deferred[None]] = []
         #: The running command's stdin pipe reading this connection, if it has one.
         self.reading: ClientReading | None = None
@@ -168,6 +178,7 @@ class ExecProtocol(FramedProtocol):
         prepared = self.factory.policy.prepare(request, user=self.avatar.name, peer=self.peer)
         self.command = self.factory.startCommand(self, prepared, self.avatar.name)
         self.stdinOpen = prepared.stdin
+        self.onTerminal = prepared.terminal is not None
         # Backpressure: while this connection cannot take more, the
         # command's output is not read (and the command blocks on its pipe).
         assert self.sender is not None
@@ -186,9 +197,20 @@ class ExecProtocol(FramedProtocol):
         command = self.command
         if command is None or not self.stdinOpen:
             return
-        self.stdinOpen = False
+        self.stdinOpen = self.onTerminal
         if command.transport is not None:
             command.transport.closeStdin()
+
+    def _window(self, payload: bytes) -> None:
+        rows, cols = windowSize(decodeJSON(payload))
+        command = self.command
+        if command is None:
+            return  # for a command that has ended: the client had not seen X yet
+        if not self.onTerminal:
+            raise ProtocolError("bad-frame", 'W for a command without "pty"')
+        resize = getattr(command.transport, "setWindow", None)
+        if resize is not None:
+            resize(rows, cols)
 
     def _signal(self, payload: bytes) -> None:
         request = decodeJSON(payload)
@@ -214,6 +236,7 @@ class ExecProtocol(FramedProtocol):
         b"0": _stdin,
         b"C": _closeStdin,
         b"S": _signal,
+        b"W": _window,
     }
 
     # -- the command's life ------------------------------------------------------
@@ -230,6 +253,7 @@ class ExecProtocol(FramedProtocol):
             return
         self.command = None
         self.stdinOpen = False
+        self.onTerminal = False
         self.reading = None
         if self.sender is not None:
             self.sender.setOutput(None)

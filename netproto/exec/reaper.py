@@ -77,6 +77,11 @@ TRANSITIONS: Final[dict[tuple[Phase, str], Phase]] = {
     (Phase.KILLED, "gone"): Phase.GONE,
 }
 
+#: What ending a terminal's command sends to its session: ``SIGHUP`` (an
+#: interactive shell ignores ``SIGTERM`` but hangs up its jobs and exits on
+#: it), ``SIGTERM``, then ``SIGCONT`` so that stopped jobs (Ctrl-Z) take them.
+HANGUP: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT)
+
 #: ``kill(pgid, sig)``: send ``sig`` to the group (0 only looks); whether it has members.
 KillGroup = Callable[[int, int], bool]
 #: ``reap(pgid)``: reap the group's exited members; how many.
@@ -93,6 +98,9 @@ class GroupReaper:
     :param kill: :func:`netproto.exec.procs.killGroup` unless testing.
     :param reap: :func:`netproto.exec.procs.reapGroup` unless testing (it must
         not take the leader's status: it is called only once the leader is reaped).
+    :param endSignals: what :meth:`terminate` sends, in order: ``SIGTERM``; a
+        terminal's command (whose ``kill`` and ``reap`` are its session's) gets
+        :data:`HANGUP`, what a terminal's hang-up sends.
     """
 
     def __init__(
@@ -104,8 +112,10 @@ class GroupReaper:
         pollLeader: Callable[[], bool],
         kill: KillGroup = _procs.killGroup,
         reap: ReapGroup = _procs.reapGroup,
+        endSignals: tuple[int, ...] = (signal.SIGTERM,),
     ) -> None:
         self.pgid = pgid
+        self.endSignals = endSignals
         self.clock = clock
         self.grace = grace
         self.phase = Phase.RUNNING
@@ -161,9 +171,11 @@ class GroupReaper:
         return self._send(sig)
 
     def terminate(self) -> None:
-        """``SIGTERM`` now, ``SIGKILL`` after the grace period if members are left."""
+        """``SIGTERM`` (:attr:`endSignals`) now, ``SIGKILL`` after the grace
+        period if members are left."""
         if self._to("terminate"):
-            self._send(signal.SIGTERM)
+            for sig in self.endSignals:
+                self._send(sig)
             self._killTimer = self.clock.callLater(self.grace, self.kill)
 
     def kill(self) -> bool:

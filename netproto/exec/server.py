@@ -88,6 +88,8 @@ class ExecFactory(FramedFactory):
         super().__init__(context, maxFrame)
         self.policy = policy if policy is not None else ExecPolicy.fromOptions(context.options)
         self.readSize = min(READ_SIZE, maxFrame - 1)
+        #: PROTOCOL.md section 5, unless ``--exec-no-pty``.
+        self.features = ("pty",) if self.policy.pty else ()
         self.subreaper = subreaper
         self.guard = guard
         self.confinement = Confinement(None, None, None)
@@ -262,6 +264,7 @@ class ExecFactory(FramedFactory):
                     stdin=prepared.stdin,
                     devnull=devnull,
                     pidfd=False,
+                    window=prepared.window,
                 )
             )
         except OSError as e:

@@ -44,8 +44,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
+
+from netproto.exec import pty as _pty
 
 #: Size asked for an output pipe once a read finds it full (``F_SETPIPE_SZ``):
 #: a command writing fast then fills 1 MiB before it blocks, and each read
@@ -75,38 +77,62 @@ def unreaped() -> frozenset[int]:
 
 class Spawned:
     """A started command: its pid (also its session and process group id) and
-    the parent's ends of its pipes, non-blocking and owned by the caller."""
+    the parent's ends of its pipes (or of its terminal), non-blocking and
+    owned by the caller."""
 
-    __slots__ = ("_popen", "pid", "pidfd", "stderr", "stdin", "stdout")
+    __slots__ = (
+        "_popen",
+        "pid",
+        "pidfd",
+        "returncode",
+        "stderr",
+        "stdin",
+        "stdout",
+        "terminal",
+    )
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: subprocess.Popen[bytes] | int,
         *,
         stdin: int | None,
         stdout: int,
         stderr: int,
         pidfd: int | None,
     ) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        _unreaped.add(popen.pid)
+        #: The Popen of a command; None for a helper started by pid alone
+        #: (:func:`startHelper`), which is reaped with ``waitpid``.
+        self._popen = popen if isinstance(popen, subprocess.Popen) else None
+        self.pid: int = popen.pid if isinstance(popen, subprocess.Popen) else popen
+        _unreaped.add(self.pid)
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
         self.pidfd = pidfd
-
-    @property
-    def returncode(self) -> int | None:
-        """Like :attr:`subprocess.Popen.returncode`: ``-N`` for signal N."""
-        return self._popen.returncode
+        #: Whether ``stdout`` and ``stdin`` are a pseudo-terminal's master end.
+        self.terminal = False
+        #: Like :attr:`subprocess.Popen.returncode`: ``-N`` for signal N; None
+        #: until :meth:`poll` has reaped the process.
+        self.returncode: int | None = None
 
     def poll(self) -> int | None:
         """Reap the command's first process if it has exited; its return code or None."""
-        returncode = self._popen.poll()
-        if returncode is not None:
-            _unreaped.discard(self.pid)
-        return returncode
+        if self.returncode is None:
+            self.returncode = (
+                self._popen.poll() if self._popen is not None else _waitNoHang(self.pid)
+            )
+            if self.returncode is not None:
+                _unreaped.discard(self.pid)
+        return self.returncode
+
+
+def _waitNoHang(pid: int) -> int | None:
+    """Reap child ``pid`` if it has exited: its return code (``-N`` for signal N), or None."""
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0  # reaped by another: its status is lost (as Popen.poll says then)
+    return os.waitstatus_to_exitcode(status) if reaped == pid else None
 
 
 def spawn(
@@ -118,6 +144,7 @@ def spawn(
     stdin: bool,
     devnull: int,
     pidfd: bool = True,
+    window: tuple[int, int] | None = None,
 ) -> Spawned:
     """Start ``argv`` (``executable`` is the already-resolved program) in a new session.
 
@@ -126,10 +153,14 @@ def spawn(
     :param pidfd: open the command's pidfd now; ``False`` leaves
         :attr:`Spawned.pidfd` None, for a caller that opens it only when it
         needs one (:func:`pidfdOpen`, while it has not reaped the pid).
+    :param window: ``(rows, cols)``: start it on a new pseudo-terminal of
+        that size instead (:func:`spawnOnTerminal`); ``stdin`` is then moot.
     :raises OSError: the command could not be started (no such program,
         permission denied, no such directory, out of processes); nothing is
         left open then.
     """
+    if window is not None:
+        return spawnOnTerminal(executable, argv, env=env, cwd=cwd, window=window, pidfd=pidfd)
     opened: list[int] = []
     try:
         if stdin:
@@ -165,6 +196,63 @@ def spawn(
     )
 
 
+def spawnOnTerminal(
+    executable: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    window: tuple[int, int],
+    pidfd: bool = True,
+) -> Spawned:
+    """Start ``argv`` as :func:`spawn` does, on a new pseudo-terminal of
+    ``window`` (rows, columns), set before it starts: its stdin, stdout and
+    stderr, and its session's controlling terminal (PROTOCOL.md section 5).
+
+    The :class:`Spawned` has the terminal's master end as ``stdout`` (what the
+    command writes) and a second descriptor of it as ``stdin`` (keystrokes;
+    a reactor registers one object per descriptor), both non-blocking;
+    ``stderr`` is -1 (the terminal merges the streams) and ``terminal`` is set.
+
+    Making the terminal the controlling one takes an ``ioctl`` in the child
+    between ``setsid`` and ``exec``: Python's ``preexec_fn``, which starts the
+    child with ``fork`` instead of ``vfork``. Only terminals pay for it.
+    """
+    master, slave = _pty.openTerminal(*window)
+    try:
+        keys = os.dup(master)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    try:
+        popen = _start(
+            executable,
+            argv,
+            env=env,
+            cwd=cwd,
+            fds=(slave, slave, slave),
+            preexec=_pty.takeControllingTerminal,
+        )
+    except BaseException:
+        os.close(master)
+        os.close(keys)
+        raise
+    finally:
+        # Only the command holds the slave end: when it and its children have
+        # all closed it, reading the master end says so (EIO).
+        os.close(slave)
+    spawned = Spawned(
+        popen,
+        stdin=keys,
+        stdout=master,
+        stderr=-1,
+        pidfd=pidfdOpen(popen.pid) if pidfd else None,
+    )
+    spawned.terminal = True
+    return spawned
+
+
 def _start(
     executable: str,
     argv: Sequence[str],
@@ -172,9 +260,11 @@ def _start(
     env: Mapping[str, str],
     cwd: str,
     fds: tuple[int, int, int],
+    preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a new session in ``cwd`` with ``fds`` as its 0, 1 and 2
-    and no other descriptor of ours, every signal at its default."""
+    and no other descriptor of ours, every signal at its default; ``preexec``
+    runs in the child just before ``exec``."""
     return subprocess.Popen(
         list(argv),
         executable=executable,
@@ -185,6 +275,10 @@ def _start(
         cwd=cwd,
         start_new_session=True,
         close_fds=True,
+        # Unsafe with threads in general (the child of a fork may need a lock
+        # another thread held); what runs here is one ioctl through a C call,
+        # with the GIL the forking thread holds: what Twisted's usePTY does too.
+        preexec_fn=preexec,  # noqa: PLW1509
     )
 
 
@@ -194,10 +288,32 @@ def startHelper(
     """Start a helper of the server (not a client's command) in a session of its own.
 
     Its stdin is ``stdin``, its stdout ``devnull`` and its stderr the
-    server's; it starts in ``/``. The caller reaps it (:meth:`Spawned.poll`).
+    server's; it starts in the server's directory (the guardian moves to
+    ``/`` itself). The caller reaps it (:meth:`Spawned.poll`).
+
+    Started with ``posix_spawn``, not :class:`subprocess.Popen`: a helper
+    such as the guardian outlives the server on purpose, and a ``Popen``
+    collected while its process runs (at the server's exit, or a test
+    session's) warns that it is "still running". Only the descriptors the
+    server made inheritable reach it (Python makes every other one
+    close-on-exec), which are its 0, 1 and 2.
     """
-    popen = _start(argv[0], argv, env=env, cwd="/", fds=(stdin, devnull, 2))
-    return Spawned(popen, stdin=None, stdout=-1, stderr=-1, pidfd=pidfdOpen(popen.pid))
+    pid = os.posix_spawn(
+        argv[0],
+        list(argv),
+        dict(env),
+        file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, devnull, 1)],
+        setsid=True,
+        setsigdef=_DEFAULT_SIGNALS,
+    )
+    return Spawned(pid, stdin=None, stdout=-1, stderr=-1, pidfd=pidfdOpen(pid))
+
+
+#: The signals Python ignores and a child it starts gets back at their default
+#: (as :class:`subprocess.Popen` does with ``restore_signals``).
+_DEFAULT_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+)
 
 
 def setPipeSize(fd: int, size: int) -> bool:

@@ -25,7 +25,9 @@ pipes; the command then blocks once its pipe is full: backpressure.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -44,8 +46,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netproto.exec import procs as _procs
+from netproto.exec import pty as _pty
 from netproto.exec import spawn as _spawn
-from netproto.exec.reaper import GroupReaper, Phase
+from netproto.exec.reaper import HANGUP, GroupReaper, Phase
 from netproto.exec.spawn import Spawned
 
 #: Without pidfds, how often the leader is polled for its exit.
@@ -138,13 +142,17 @@ class PipeWriter(FileDescriptor):
     and let go, never stopped: the connection outlives the command.
     """
 
+    #: Whether the descriptor is watched for its reader having closed it: a
+    #: pipe's write end only "reads" as an error then.
+    watchHangup = True
+
     def __init__(self, reactor: Any, fd: int, lost: Callable[[], None]) -> None:
         super().__init__(reactor)
         self.fd = fd
         self._lost = lost
         self.connected = 1
-        # A pipe's write end only "reads" as an error once the reader closed it.
-        self.startReading()
+        if self.watchHangup:
+            self.startReading()
 
     def fileno(self) -> int:
         return self.fd
@@ -188,6 +196,17 @@ class PipeWriter(FileDescriptor):
 
     def logPrefix(self) -> str:
         return "exec-stdin"
+
+
+class TerminalWriter(PipeWriter):
+    """Keystrokes to a terminal's master end (a descriptor of its own): as a
+    :class:`PipeWriter`, but never read, since what reads there is the
+    command's output (:class:`PipeReader` on the other descriptor)."""
+
+    watchHangup = False
+
+    def logPrefix(self) -> str:
+        return "exec-terminal"
 
 
 @implementer(IReadDescriptor)
@@ -258,20 +277,40 @@ class CommandTransport:
         self.returncode: int | None = None
         self.ended = False
         self._child = spawned
-        self._openOutputs = 2
+        #: Whether the command runs on a terminal (PROTOCOL.md section 5).
+        self.terminal = spawned.terminal
         self._paused = False
         self._exitTimer: IDelayedCall | None = None
-        #: Ends the command's group (its ``onGone`` is the factory's bookkeeping).
-        self.reaper = GroupReaper(self.pid, reactor, killGrace, pollLeader=self._pollLeader)
+        #: Ends the command's group (its ``onGone`` is the factory's
+        #: bookkeeping); on a terminal, its whole session: each job of an
+        #: interactive shell is a process group of its own.
+        self.reaper = (
+            GroupReaper(
+                self.pid,
+                reactor,
+                killGrace,
+                pollLeader=self._pollLeader,
+                kill=_procs.killSession,
+                reap=_procs.reapSession,
+                endSignals=HANGUP,
+            )
+            if self.terminal
+            else GroupReaper(self.pid, reactor, killGrace, pollLeader=self._pollLeader)
+        )
         self.reaper.onEmptied = self._giveUpOutput
         self._ended: Failure | None = None
         self._stdin: PipeWriter | None = None
         if spawned.stdin is not None:
-            self._stdin = PipeWriter(reactor, spawned.stdin, self._stdinLost)
+            writer = TerminalWriter if self.terminal else PipeWriter
+            self._stdin = writer(reactor, spawned.stdin, self._stdinLost)
         self._readers = {
-            1: PipeReader(reactor, spawned.stdout, readSize, self._out, self._outClosed(1)),
-            2: PipeReader(reactor, spawned.stderr, readSize, self._err, self._outClosed(2)),
+            1: PipeReader(reactor, spawned.stdout, readSize, self._out, self._outClosed(1))
         }
+        if spawned.stderr >= 0:
+            self._readers[2] = PipeReader(
+                reactor, spawned.stderr, readSize, self._err, self._outClosed(2)
+            )
+        self._openOutputs = len(self._readers)
         # The exit is watched only once both output pipes have closed (see
         # _maybeEnded): X waits for them anyway, and most commands have
         # exited by then, which saves a reactor registration per command
@@ -340,9 +379,35 @@ class CommandTransport:
         self.write(data)
 
     def closeStdin(self) -> None:
-        """End of input for the command, once what is buffered has been written."""
-        if self._stdin is not None:
+        """End of input for the command, once what is buffered has been written;
+        on a terminal, its end-of-file character (Ctrl-D), after what is buffered:
+        the terminal stays open, as a user's does after Ctrl-D."""
+        if self._stdin is None:
+            return
+        if self.terminal:
+            self._stdin.write(_pty.endOfFile(self._stdin.fd))
+        else:
             self._stdin.finish()
+
+    def _terminalFd(self) -> int | None:
+        """A descriptor of the terminal's master end while one is open (None
+        for pipes): for its ``ioctl`` calls."""
+        if not self.terminal:
+            return None
+        for fd in (self._readers[1].fd, self._stdin.fd if self._stdin is not None else -1):
+            if fd >= 0:
+                return fd
+        return None
+
+    def setWindow(self, rows: int, cols: int) -> bool:
+        """Resize the terminal (its foreground process group gets ``SIGWINCH``);
+        whether there was one to resize."""
+        fd = self._terminalFd()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                _pty.setWindow(fd, rows, cols)
+                return True
+        return False
 
     def _stdinLost(self) -> None:
         self._stdin = None
@@ -375,6 +440,11 @@ class CommandTransport:
     def signalProcess(self, signalID: str | int) -> None:
         """Signal the command's whole process group (``"INT"``, ``"KILL"``, ... or a number).
 
+        On a terminal, the terminal's foreground process group instead (as
+        its keys do: Ctrl-C interrupts the job in front, not its shell), or
+        the command's group when there is none; ``SIGKILL`` ends the whole
+        session, as for pipes.
+
         ``SIGKILL`` also gives up on output pipes still held, once the group
         is gone, by processes that left it: the command then ends.
 
@@ -382,6 +452,11 @@ class CommandTransport:
             first process reaped (its id may be another group's by now).
         """
         number = signalID if isinstance(signalID, int) else _spawn.signalNumber(signalID)
+        if self.terminal and number != signal.SIGKILL and not self.reaper.gone:
+            fd = self._terminalFd()
+            group = _pty.foregroundGroup(fd) if fd is not None else None
+            if group is not None and _procs.killSession(self.pid, number, group):
+                return
         if not self.reaper.signal(number):
             raise ProcessExitedAlready()
 
