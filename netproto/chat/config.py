@@ -23,7 +23,6 @@ OPTIONS: Final = {
     "maxPerAddress": ("chat-max-per-address", int),
     "idleTimeout": ("chat-idle-timeout", float),
     "closeGrace": ("chat-close-grace", float),
-    "redis": ("chat-redis", str),
 }
 
 
@@ -63,9 +62,6 @@ class ChatConfig:
         10 ms is far below what a person notices, and long enough for a client that
         connects and speaks at once to be heard in the same write as its join.
         Not a ``twistd`` option: a tuning constant, kept here to be tested.
-    :ivar redis: ``redis://HOST:PORT/DB`` (or ``rediss://``): one chat with every
-        server naming the same Redis (docs/cluster.md). None, the default: a chat of
-        this server alone, and no Redis anywhere.
     """
 
     history: int = 20
@@ -78,7 +74,6 @@ class ChatConfig:
     idleTimeout: float = 0.0
     closeGrace: float = 5.0
     noticeDelay: float = 0.01
-    redis: str | None = None
 
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> ChatConfig:

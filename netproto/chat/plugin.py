@@ -69,7 +69,7 @@ service = LazyService(
         ["chat-close-grace", None, _DEFAULT.closeGrace,
          "Seconds a closing client has to read what is queued for it before it is aborted.",
          seconds],
-        ["chat-redis", None, _DEFAULT.redis,
+        ["chat-redis", None, None,
          "redis://HOST:PORT/DB (rediss:// for TLS; a password as redis://:PASS@HOST): one "
          "chat with every server naming the same Redis. Unset: this server alone, no Redis.",
          redisURL],

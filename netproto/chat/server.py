@@ -177,7 +177,8 @@ def makeFactory(context: ServerContext) -> ChatFactory:
     cluster is loaded), which leaves the cluster when the reactor shuts down.
     """
     config = ChatConfig.fromOptions(context.options)
-    if config.redis is None:
+    url = context.options.get("chat-redis")
+    if url is None:
         return ChatFactory(config, context.reactor)
     from netproto.chat.cluster import ClusterChatServer
     from netproto.chat.redislink import RedisLink
@@ -185,7 +186,7 @@ def makeFactory(context: ServerContext) -> ChatFactory:
     from netproto.chat.scripts import SCRIPTS
 
     reactor = context.reactor
-    link = RedisLink(reactor, RedisAddress.fromURL(config.redis), SCRIPTS)
+    link = RedisLink(reactor, RedisAddress.fromURL(url), SCRIPTS)
     server = ClusterChatServer(link, config.history, reactor, config.noticeDelay)
     reactor.addSystemEventTrigger("before", "shutdown", server.stop)
     link.start()
