@@ -82,6 +82,10 @@ class FakeProcess:
     def closeStdin(self) -> None:
         self.calls.append(("closeStdin", None))
 
+    def setWindow(self, rows: int, cols: int) -> bool:
+        self.calls.append(("window", (rows, cols)))
+        return True
+
 
 class ScriptedFactory(ExecFactory):
     """An exec factory whose commands are FakeProcesses the test ends by hand."""
