@@ -40,6 +40,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService, Service
@@ -411,6 +412,8 @@ def metricsService(description: str, top: MultiService, context: ServerContext) 
     counts = EventCounts()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NetprotoCollector(counts, top, context.reactor))
+    # process_*: RSS, open descriptors and their limit, CPU, start time (read from /proc).
+    ProcessCollector(registry=registry)
     metrics = MultiService()
     metrics.setName("metrics")
     ObserverService(counts).setServiceParent(metrics)

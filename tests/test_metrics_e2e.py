@@ -151,6 +151,7 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
     failures = "netproto_upload_failures_total"
     assert value(found, failures, service="upload", reason="invalid-name") == 1
     assert value(found, "netproto_build_info", version=__import__("netproto").__version__) == 1
+    assert value(found, "process_open_fds") > 0  # the server's own, from /proc
     # No label a client chooses: no peer, user, nick or file name anywhere.
     for text_ in ("alice", "127.0.0.1", "one.txt", "../escape"):
         assert text_ not in text
