@@ -158,11 +158,24 @@ async def test_S_INT_interrupts_a_running_sleep(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_timeout_ends_the_command(tmp_path: Path) -> None:
-    """Past its timeout the command gets SIGTERM and X says timed_out."""
+    """Past its timeout the command gets SIGTERM and X says timed_out; the
+    server counts that one as ended by it, and not a command that ended by
+    itself (whose end is not logged: a line per command costs)."""
     async with serving(tmp_path) as server:
         client = await server.connect()
-        result = await run(client, {"argv": ["sleep", "60"], "timeout": 0.2})
-        assert result.exit == {"code": None, "signal": "TERM", "timed_out": True}
+        ends: list[object] = []
+        for request in ({"argv": ["sleep", "60"], "timeout": 0.2}, {"argv": ["true"]}):
+            pid = await started(client, request)
+            transport = server.factory.commands[pid]
+            ends.append((await finish(client, pid)).exit)
+            await waitDeferred(transport.whenGone())
+            ends.append(transport.terminating)
+        assert ends == [
+            {"code": None, "signal": "TERM", "timed_out": True},
+            True,
+            {"code": 0, "signal": None, "timed_out": False},
+            False,
+        ]
         client.close()
 
 

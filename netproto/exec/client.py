@@ -11,6 +11,9 @@ The exit status is the command's: its exit code, 128+N when signal N ended
 it, 127 when the server has no such program, 126 when its policy refuses it,
 141 when the local stdout was closed (as ``SIGPIPE`` would give), and 255 for
 the client's own errors (no connection, authentication, protocol).
+
+With ``-t``, or without a command (the login shell), the command runs on a
+terminal: see :mod:`netproto.exec.terminal`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
@@ -52,7 +56,16 @@ INTERRUPTS_TO_QUIT: Final = 3
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "%(prog)s [options] [--] CMD [ARGS...]"
+    parser.usage = "%(prog)s [options] [-t] [--] [CMD [ARGS...]]"
+    parser.add_argument(
+        "-t",
+        "--tty",
+        action="count",
+        default=0,
+        help="run CMD on a terminal, the local one raw meanwhile, as ssh -t (needs a local "
+        "terminal; -tt forces one without); without CMD, the login shell on a terminal; "
+        "~. at a line's start disconnects",
+    )
     parser.add_argument(
         "--shell",
         action="store_true",
@@ -90,9 +103,15 @@ def buildRequest(args: argparse.Namespace) -> dict[str, Any]:
     command = list(args.argv)
     if command and command[0] == "--":
         command = command[1:]
+    request: dict[str, Any]
     if not command:
-        raise ClientError("no command given (netproto exec [options] -- CMD [ARGS...])", OWN_ERROR)
-    request: dict[str, Any] = {"shell": " ".join(command)} if args.shell else {"argv": command}
+        if getattr(args, "localTerminal", None) is None or args.shell:
+            raise ClientError(
+                "no command given (netproto exec [options] -- CMD [ARGS...])", OWN_ERROR
+            )
+        request = {}  # the login shell (pty is added once connected)
+    else:
+        request = {"shell": " ".join(command)} if args.shell else {"argv": command}
     if args.timeout is not None:
         if not args.timeout > 0:
             raise ClientError("--timeout must be a positive number of seconds", OWN_ERROR)
@@ -112,6 +131,9 @@ def buildRequest(args: argparse.Namespace) -> dict[str, Any]:
 
 def prepare(args: argparse.Namespace) -> None:
     """Before the reactor: check the command line, read the credentials (may prompt)."""
+    from netproto.exec.terminal import chooseTerminal
+
+    args.localTerminal = chooseTerminal(args, _isatty)
     args.request = buildRequest(args)
     args.forwardStdin = not args.no_stdin and (args.stdin or not _isatty(0))
     try:
@@ -226,11 +248,21 @@ class LocalInput(FileDescriptor):
     buffer is full, stdin is not read (backpressure).
     """
 
-    def __init__(self, reactor: Any, fd: int, client: FramedClient, chunk: int) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        client: FramedClient,
+        chunk: int,
+        forward: Callable[[bytes], None] | None = None,
+    ) -> None:
         super().__init__(reactor)
         self.fd = fd
         self.client: FramedClient | _Closed = client
         self.chunk = chunk
+        #: What is done with what was read: sent as a ``0`` frame unless given
+        #: (a terminal's keys go through the escape filter first).
+        self.forward = forward
         self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fdesc.setNonBlocking(fd)
         self.connected = 1
@@ -247,7 +279,10 @@ class LocalInput(FileDescriptor):
             return main.CONNECTION_LOST
         if not data:
             return main.CONNECTION_DONE
-        self.client.send(b"0", data)
+        if self.forward is not None:
+            self.forward(data)
+        else:
+            self.client.send(b"0", data)
         return None
 
     def connectionLost(self, reason: Failure) -> None:
@@ -321,6 +356,10 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
 
 
 async def _runCommand(reactor: Any, args: argparse.Namespace, client: FramedClient) -> int:
+    if getattr(args, "localTerminal", None) is not None:
+        from netproto.exec.terminal import runOnTerminal
+
+        return await runOnTerminal(reactor, args, client, args.request)
     request = dict(args.request)
     if args.forwardStdin:
         request["stdin"] = True

@@ -123,6 +123,7 @@ class GroupReaper:
         self._kill = kill
         self._reap = reap
         self._leaderReaped = False
+        self._terminated = False
         self._ended = False
         self._killedAt: float | None = None
         self._killTimer: IDelayedCall | None = None
@@ -141,11 +142,18 @@ class GroupReaper:
     def gone(self) -> bool:
         return self.phase is Phase.GONE
 
+    @property
+    def terminated(self) -> bool:
+        """Whether the server ended the group (``SIGTERM`` or ``SIGKILL`` sent)
+        rather than it going by itself; still said once it is gone (for the log)."""
+        return self._terminated
+
     def _to(self, event: str) -> bool:
         """Take ``event``; whether it moved the phase (see :data:`TRANSITIONS`)."""
         after = TRANSITIONS.get((self.phase, event))
         if after is None:
             return False
+        self._terminated = self._terminated or after in (Phase.TERMINATING, Phase.KILLED)
         self.phase = after
         return True
 

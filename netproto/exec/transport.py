@@ -49,7 +49,7 @@ from zope.interface import implementer
 from netproto.exec import procs as _procs
 from netproto.exec import pty as _pty
 from netproto.exec import spawn as _spawn
-from netproto.exec.reaper import HANGUP, GroupReaper, Phase
+from netproto.exec.reaper import HANGUP, GroupReaper
 from netproto.exec.spawn import Spawned
 
 #: Without pidfds, how often the leader is polled for its exit.
@@ -434,8 +434,10 @@ class CommandTransport:
 
     @property
     def terminating(self) -> bool:
-        """Whether the server has started ending the group (``SIGTERM`` or ``SIGKILL`` sent)."""
-        return self.reaper.phase is not Phase.RUNNING
+        """Whether the server has started ending the group (``SIGTERM`` or
+        ``SIGKILL`` sent), also once it is gone: not for a command that ended
+        by itself."""
+        return self.reaper.terminated
 
     def signalProcess(self, signalID: str | int) -> None:
         """Signal the command's whole process group (``"INT"``, ``"KILL"``, ... or a number).
