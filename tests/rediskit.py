@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import hiredis
 import pytest
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -31,22 +33,24 @@ def freePort() -> int:
         return port
 
 
-def command(port: int, *args: str, timeout: float = 5.0) -> bytes:
-    """One command over a plain socket (RESP arrays); the raw reply, read until the
-    first CRLF-terminated line and as much as came with it."""
+def command(port: int, *args: str, timeout: float = 5.0) -> Any:
+    """One command over a plain socket; its reply as hiredis parses it (bytes, ints,
+    lists; an error reply as a :class:`hiredis.ReplyError` value)."""
     parts = [f"*{len(args)}\r\n".encode()]
     for a in args:
         data = a.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    reader = hiredis.Reader()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(b"".join(parts))
-        reply = b""
-        while not reply.endswith(b"\r\n"):
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
             chunk = s.recv(65536)
             if not chunk:
-                break
-            reply += chunk
-        return reply
+                raise ConnectionError("redis-server closed the connection")
+            reader.feed(chunk)
 
 
 class Redis:
@@ -73,7 +77,7 @@ class Redis:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if command(self.port, "PING", timeout=1.0).startswith(b"+PONG"):
+                if command(self.port, "PING", timeout=1.0) == b"PONG":
                     return
             except OSError:
                 pass

@@ -37,7 +37,7 @@ def startCluster(stack: ExitStack, tmp: Path, redis: Redis, n: int) -> list[Twis
             )
         )
     for server in servers:
-        server.waitLog(r"cluster: linked to Redis")
+        server.waitLog(r"cluster: joined as server")
     return servers
 
 

@@ -41,7 +41,7 @@ def servers(tmp: Path, redis: Redis, n: int) -> Iterator[list[Twistd]]:
                 )
             )
         for server in started:
-            server.waitLog(r"cluster: linked to Redis")
+            server.waitLog(r"cluster: joined as server")
         yield started
 
 

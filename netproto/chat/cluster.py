@@ -408,7 +408,7 @@ class ClusterChatServer(ChatServer):
         """A message on a room's channel or on this server's (see the module)."""
         head, _, body = payload.partition(b" ")
         kind, lines = body[:1], body[1:]
-        participant = self.members.get(head.decode())
+        participant = self.members.get(head.decode("ascii", "replace"))
         if channel == self._channel:
             if participant is None:
                 return
@@ -417,7 +417,7 @@ class ClusterChatServer(ChatServer):
             elif kind == b"t":
                 self.send(participant, lines)
             return
-        room = self.rooms.get(channel[len(PREFIX) + 2 :].decode())
+        room = self.rooms.get(channel[len(PREFIX) + 2 :].decode("utf-8", "replace"))
         if room is None:
             return
         if kind == b"m":
@@ -483,6 +483,11 @@ class ClusterChatServer(ChatServer):
         self._beats.clock = self.reactor
         self._beats.start(HEARTBEAT_INTERVAL, now=False)
         self._registerAll()
+        self.log.info(
+            "cluster: joined as server {serverId} with {count} members",
+            serverId=self.serverId,
+            count=len(self.members),
+        )
         if self._lost:
             self._lost = False
             for participant in list(self.members.values()):

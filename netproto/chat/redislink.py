@@ -29,6 +29,7 @@ from typing import Any
 import txredisapi  # type: ignore[import-untyped]
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,6 +203,11 @@ class RedisLink:
     # -- connection events -------------------------------------------------------
 
     def _ready(self, proto: Any) -> None:
+        transport = proto.transport
+        if ITCPTransport.providedBy(transport):
+            # Commands go out as written: a join is several round trips, each of
+            # which Nagle's algorithm could hold for an acknowledgement.
+            transport.setTcpNoDelay(True)
         if isinstance(proto, _Subscriber):
             self.subscriber = proto
         else:
