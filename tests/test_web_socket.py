@@ -118,6 +118,21 @@ def test_the_handshake_is_refused_for_a_foreign_origin(
     server.waitLog(rf"web: refused .*origin {sent} is not allowed")
 
 
+def test_a_browser_s_handshake_opens_without_compression(server: Twistd) -> None:
+    """Chromium's handshake (it offers permessage-deflate) opens the WebSocket; the
+    offer is declined, so every member's frames are the same uncompressed bytes."""
+    member = RawSocketMember(
+        server.port("web"),
+        "User-Agent: Mozilla/5.0",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+    )
+    try:
+        assert "sec-websocket-extensions" not in member.head.lower()
+        assert member.receiveUntil(r"^\*\*\* Welcome to netproto chat")
+    finally:
+        member.sock.close()
+
+
 def test_binary_and_overlong_messages_get_the_error_line_and_the_socket_stays(
     server: Twistd,
 ) -> None:

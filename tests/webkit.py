@@ -54,9 +54,9 @@ class RawSocketMember:
     handshake is blocking, then :meth:`feed` takes what was read and returns the
     text messages completed (server frames are never masked)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *extra: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-        self.sock.sendall(upgradeRequest(port, origin(port)))
+        self.sock.sendall(upgradeRequest(port, origin(port), *extra))
         reply = b""
         while b"\r\n\r\n" not in reply:
             data = self.sock.recv(4096)
@@ -64,6 +64,20 @@ class RawSocketMember:
             reply += data
         head, self.buf = reply.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101"), head
+        self.head = head.decode()
+
+    def receiveUntil(self, pattern: str, timeout: float = DEADLINE) -> list[str]:
+        """Text messages up to and including the first that matches ``pattern``."""
+        got: list[str] = self.feed(b"")
+        deadline = time.monotonic() + timeout
+        while not any(re.search(pattern, m) for m in got):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no message matching {pattern!r}; got {got!r}"
+            self.sock.settimeout(left)
+            data = self.sock.recv(1 << 16)
+            assert data, f"closed before {pattern!r}; got {got!r}"
+            got += self.feed(data)
+        return got
 
     def feed(self, data: bytes) -> list[str]:
         self.buf += data
@@ -77,7 +91,8 @@ class RawSocketMember:
                 length, at = int.from_bytes(buf[2:10], "big"), 10
             if len(buf) < at + length:
                 break
-            assert buf[0] & 0x80 and not buf[1] & 0x80, "fragmented or masked server frame"
+            assert buf[0] & 0xF0 == 0x80, "fragmented or compressed server frame"
+            assert not buf[1] & 0x80, "masked server frame"
             if opcode == 1:
                 messages.append(buf[at : at + length].decode())
             buf = buf[at + length :]
@@ -85,8 +100,9 @@ class RawSocketMember:
         return messages
 
 
-def upgradeRequest(port: int, origin: str | None) -> bytes:
-    """A WebSocket opening handshake for ``/chat``, from ``origin`` (None: no Origin)."""
+def upgradeRequest(port: int, origin: str | None, *extra: str) -> bytes:
+    """A WebSocket opening handshake for ``/chat``, from ``origin`` (None: no Origin),
+    with the ``extra`` header lines."""
     head = [
         "GET /chat HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
@@ -97,6 +113,7 @@ def upgradeRequest(port: int, origin: str | None) -> bytes:
     ]
     if origin is not None:
         head.append(f"Origin: {origin}")
+    head.extend(extra)
     return ("\r\n".join(head) + "\r\n\r\n").encode()
 
 

@@ -35,9 +35,11 @@ one on a WebSocket), so it is not a cross-site request and is let in.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, ISSLTransport
@@ -185,8 +187,35 @@ class MessageTransport:
         self.producer = None
 
 
+#: What autobahn keeps per connection and never reads once the WebSocket is open
+#: (the handshake's request and reply), or never with this service's options (the
+#: UTF-8 validator: invalid bytes are replaced, not refused). Dropped at the open,
+#: so that an idle browser member costs a few KiB (docs/web.md); the class holds a
+#: None in their stead.
+_OPENING_ONLY: Final = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "utf8validator",
+)
+
+
 class WebChatProtocol(WebSocketServerProtocol):
-    """One browser member's WebSocket; see the module docstring."""
+    """One browser member's WebSocket; see the module docstring.
+
+    autobahn copies each of its options (``CONFIG_ATTRS``) into every connection
+    unless the protocol class has it: :class:`WebChatFactory` makes a subclass per
+    factory that has them, so they are held once.
+    """
 
     factory: WebChatFactory
     #: A TCP, UNIX or TLS transport (``abortConnection``, producers).
@@ -245,7 +274,13 @@ class WebChatProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """The browser is in: its chat member is made and connected (or refused)."""
-        member = self.factory.chat.buildProtocol(self.transport.getPeer())
+        factory = self.factory
+        state = self.__dict__
+        # Counters and the queue of chopped writes are never used here (sendData is
+        # this class's own): one of each for the factory instead of one per member.
+        state.update(trafficStats=factory.trafficStats, send_queue=factory.sendQueue)
+        self.__dict__ = {k: v for k, v in state.items() if k not in _OPENING_ONLY}
+        member = factory.chat.buildProtocol(self.transport.getPeer())
         assert member is not None
         self.member = member
         member.makeConnection(MessageTransport(self))
@@ -283,6 +318,10 @@ class WebChatProtocol(WebSocketServerProtocol):
             self.transport.abortConnection()
 
 
+for _name in _OPENING_ONLY:
+    setattr(WebChatProtocol, _name, None)
+
+
 class WebChatFactory(WebSocketServerFactory):
     """The WebSocket side of the web service: its members join ``chat``.
 
@@ -299,6 +338,8 @@ class WebChatFactory(WebSocketServerFactory):
         self.origins = frozenset(origins)
         self.cache = FrameCache(self)
         self.autobahnLog = AutobahnLog(chat.logSummary)
+        self.trafficStats = TrafficStats()
+        self.sendQueue: deque[Any] = deque()
         limit = chat.config.maxLine + 1 + OVERLONG_SLACK
         self.setProtocolOptions(
             maxFramePayloadSize=limit,
@@ -311,6 +352,12 @@ class WebChatFactory(WebSocketServerFactory):
             failByDrop=False,  # a peer past a limit is told why (close frame), then dropped
             allowNullOrigin=True,  # "null" is refused by onConnect, with the others (403)
         )
+
+        options = {attr: getattr(self, attr) for attr in WebChatProtocol.CONFIG_ATTRS}
+        for attr, value in options.items():
+            if callable(value):  # perMessageCompressionAccept: a function, not a method
+                options[attr] = staticmethod(value)
+        self.protocol = type("WebChatProtocol", (WebChatProtocol,), options)  # type: ignore[assignment]
 
     def allows(self, origin: str, own: str) -> bool:
         """Whether a page from ``origin`` may open the chat WebSocket."""

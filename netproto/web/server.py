@@ -64,15 +64,19 @@ class ChatSocket(WebSocketResource):
     """``/chat``: the request's connection handed over to a :class:`WebChatProtocol`.
 
     twisted.web's channel registered itself as the connection's producer; it lets
-    go here, so that the member's writer can register (and the channel, with its
-    request, is freed instead of being held by the connection for its life).
+    go here, so that the member's writer can register, and the channel, with its
+    request, is freed now (not held by the connection for its life, nor left for
+    the garbage collector as a cycle: it is done with this connection).
     """
 
     def render(self, request: Request) -> bytes | int:
-        transport: Any = request.channel.transport
+        channel = request.channel
+        transport: Any = channel.transport
         if transport is not None:
             transport.unregisterProducer()
         rendered: bytes | int = super().render(request)
+        if channel.transport is None:  # taken over
+            channel.requests.clear()
         return rendered
 
 
