@@ -194,6 +194,19 @@ def test_a_join_takes_the_member_out_at_its_part_and_in_at_its_history() -> None
     assert p.room is server.rooms["dev"]
 
 
+def test_a_join_redis_refuses_ends_with_an_error_and_no_wait() -> None:
+    """A join the script refuses (the member is not registered: its server was taken
+    for dead a moment ago) is answered with an error, and the member's next command
+    runs instead of waiting for an arrival that will not come."""
+    server, link, _, p = linkedMember(1)
+    server.join(p, "dev")
+    server.say(p, "next")
+    link.answer("SUBSCRIBE")
+    link.answer("join", 0)
+    assert p.take() == ["! the cluster is busy; try again"]
+    assert link.names()[-1] == "say"
+
+
 def test_a_nick_taken_elsewhere_is_refused_and_one_claimed_is_ours() -> None:
     """The rename script's answer decides: 0 is ``! nick taken``, 1 renames here."""
     server, link, _, p = linkedMember(1)

@@ -166,7 +166,7 @@ class ClusterChatServer(ChatServer):
             if self._lost:
                 participant.deliver(LINK_LOST)
             return
-        participant.nick = ""
+        participant.nick = f"({memberId})"  # for the log, until its guest nick is claimed
         participant.room = self._limbo
         self._run(participant, lambda: self._connect(participant))
 
@@ -356,7 +356,12 @@ class ClusterChatServer(ChatServer):
             if participant not in self._ids:
                 return
             arrived = self._expect(participant, roomKey)
-            await self._script("join", self.serverId, memberId, roomKey, roomName, HISTORY_PREFIX)
+            joined = await self._script(
+                "join", self.serverId, memberId, roomKey, roomName, HISTORY_PREFIX
+            )
+            if not joined:  # not registered (taken for dead a moment ago): it will be
+                self._settle(participant)
+                raise ChatError("the cluster is busy; try again")
             await arrived
         except LinkDown:
             self._settle(participant)
