@@ -1,9 +1,10 @@
 """exec on a terminal, in units: what the policy makes of ``"pty"``, the
-connection's W and C on fakes, the reaper's hang-up, and the terminal calls on
-a real pseudo-terminal (no command)."""
+connection's W and C on fakes, the reaper's hang-up, the terminal calls on
+a real pseudo-terminal (no command), and the client's choices (``-t``, ``~.``)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 from pathlib import Path
@@ -14,9 +15,12 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from netproto.client.framed import ClientError
 from netproto.errors import ProtocolError
 from netproto.exec import pty as _pty
+from netproto.exec.client import buildRequest, configure
 from netproto.exec.reaper import HANGUP, GroupReaper
+from netproto.exec.terminal import EscapeFilter, chooseTerminal, terminalRequest
 from tests.execkit import Conn, policyFor
 
 TERM = {"term": "xterm-256color", "rows": 30, "cols": 100}
@@ -173,6 +177,94 @@ def test_a_new_terminal_has_its_size_and_end_of_file() -> None:
         assert _pty.endOfFile(master) == b"\x04"
         assert _pty.foregroundGroup(master) is None
         assert not os.get_blocking(master) and not os.get_inheritable(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "sent", "quit"),
+    [
+        ([b"ls\r"], b"ls\r", False),
+        ([b"~."], b"", True),
+        ([b"ab\r~.cd"], b"ab\r", True),
+        ([b"ab\r~", b"."], b"ab\r", True),
+        ([b"a~.b"], b"a~.b", False),
+        ([b"~~.\r"], b"~.\r", False),
+        ([b"~x\r"], b"~x\r", False),
+        ([b"x\n", b"~", b"~y"], b"x\n~y", False),
+    ],
+)
+def test_tilde_dot_at_a_line_start_disconnects(keys: list[bytes], sent: bytes, quit: bool) -> None:
+    """~. at the start of the input or after CR or LF disconnects (what came
+    before it is sent); ~~ sends one ~; a ~ before anything else, or not at a
+    line's start, is sent as typed; a ~ read alone waits for the next key."""
+    escape = EscapeFilter()
+    out, stop = b"", False
+    for chunk in keys:
+        data, stop = escape.feed(chunk)
+        out += data
+        if stop:
+            break
+    assert (out, stop) == (sent, quit)
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "tty", "expected"),
+    [
+        (["--", "ls"], True, None),
+        (["-t", "--", "top"], True, 0),
+        ([], True, 0),
+        (["-tt", "--", "top"], False, -1),
+        (["-tt"], False, -1),
+    ],
+)
+def test_a_terminal_is_asked_for_with_t_or_no_command(
+    argv: list[str], tty: bool, expected: int | None
+) -> None:
+    """-t (or no command: the login shell) runs on a terminal, the local one
+    being stdin; -tt forces one without a local terminal."""
+    assert chooseTerminal(parsed(*argv), lambda fd: tty) == expected
+
+
+@pytest.mark.parametrize("argv", [["-t", "--", "top"], []])
+def test_t_without_a_local_terminal_is_refused_clearly(argv: list[str]) -> None:
+    with pytest.raises(ClientError) as info:
+        chooseTerminal(parsed(*argv), lambda fd: False)
+    assert info.value.exitCode == 255
+    assert "needs a terminal" in str(info.value) and "-tt" in str(info.value)
+
+
+def test_no_command_is_the_login_shell_only_on_a_terminal() -> None:
+    """Without a command the request is empty (pty comes once connected);
+    without a terminal (or with --shell), no command is a mistake."""
+    args = parsed()
+    args.localTerminal = 0
+    assert buildRequest(args) == {}
+    args.localTerminal = None
+    with pytest.raises(ClientError):
+        buildRequest(args)
+
+
+def test_the_pty_request_is_the_local_window_and_a_safe_TERM() -> None:
+    master, slave = _pty.openTerminal(33, 99)
+    try:
+        assert terminalRequest(slave, "xterm-256color") == {
+            "term": "xterm-256color",
+            "rows": 33,
+            "cols": 99,
+        }
+        assert terminalRequest(None, "bad term\x1b")["term"] == _pty.DEFAULT_TERM
+        assert terminalRequest(None, None)["rows"] == _pty.DEFAULT_WINDOW[0]
     finally:
         os.close(master)
         os.close(slave)

@@ -325,6 +325,14 @@ class _Closed:
 # -- the run -----------------------------------------------------------------
 
 
+def exitFields(payload: bytes) -> dict[str, Any]:
+    """An ``X`` frame's payload; :class:`ClientError` if it is not a JSON object."""
+    try:
+        return decodeJSON(payload)
+    except Exception:
+        raise ClientError("protocol error: X payload is not JSON") from None
+
+
 def exitStatus(fields: dict[str, Any]) -> int:
     """The local exit status for an ``X`` payload."""
     code, sig = fields.get("code"), fields.get("signal")
@@ -391,10 +399,7 @@ async def _runCommand(reactor: Any, args: argparse.Namespace, client: FramedClie
                     continue  # nowhere to show stderr: drop it
                 await out.send(payload)
             elif kind == b"X":
-                try:
-                    fields = decodeJSON(payload)
-                except Exception:
-                    raise ClientError("protocol error: X payload is not JSON") from None
+                fields = exitFields(payload)
                 if fields.get("timed_out"):
                     await stderr.send(b"netproto exec: the command timed out\n")
                 return exitStatus(fields)

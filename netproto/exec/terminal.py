@@ -29,9 +29,8 @@ from types import FrameType
 from typing import Any, Final
 
 from netproto.client.framed import ClientError, FramedClient
-from netproto.codec import decodeJSON
 from netproto.exec import pty as _pty
-from netproto.exec.client import OWN_ERROR, LocalInput, LocalOutput, exitStatus
+from netproto.exec.client import OWN_ERROR, LocalInput, LocalOutput, exitFields, exitStatus
 
 #: Exit status after ``~.`` (the client's own ending, as ssh's 255).
 DISCONNECTED: Final = OWN_ERROR
@@ -204,11 +203,7 @@ async def runOnTerminal(
                 if not stdout.broken:
                     await stdout.send(payload)
             elif kind == b"X":
-                try:
-                    fields = decodeJSON(payload)
-                except Exception:
-                    raise ClientError("protocol error: X payload is not JSON") from None
-                return exitStatus(fields)
+                return exitStatus(exitFields(payload))
             else:
                 raise ClientError(f"protocol error: unexpected {kind!r} frame")
     finally:
