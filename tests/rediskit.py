@@ -33,32 +33,46 @@ def freePort() -> int:
         return port
 
 
-def command(port: int, *args: str, timeout: float = 5.0) -> Any:
-    """One command over a plain socket; its reply as hiredis parses it (bytes, ints,
-    lists; an error reply as a :class:`hiredis.ReplyError` value)."""
+def _encode(args: tuple[str, ...]) -> bytes:
     parts = [f"*{len(args)}\r\n".encode()]
     for a in args:
         data = a.encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def command(
+    port: int, *args: str, timeout: float = 5.0, password: str | None = None, db: int = 0
+) -> Any:
+    """One command over a plain socket (after AUTH and SELECT if asked); its reply as
+    hiredis parses it (bytes, ints, lists; an error reply as a
+    :class:`hiredis.ReplyError` value)."""
+    first = ([("AUTH", password)] if password is not None else []) + (
+        [("SELECT", str(db))] if db else []
+    )
     reader = hiredis.Reader()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"".join(parts))
-        while True:
+        s.sendall(b"".join(_encode(c) for c in [*first, args]))
+        replies: list[Any] = []
+        while len(replies) <= len(first):
             reply = reader.gets()
             if reply is not False:
-                return reply
+                replies.append(reply)
+                continue
             chunk = s.recv(65536)
             if not chunk:
                 raise ConnectionError("redis-server closed the connection")
             reader.feed(chunk)
+        return replies[-1]
 
 
 class Redis:
     """One redis-server process; :meth:`stop` and :meth:`start` again on the same port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *extra: str) -> None:
         self.directory = directory
         self.port = port or freePort()
+        self.extra = extra  # more redis-server options (TLS, a password)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +83,8 @@ class Redis:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no"],
+             str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no",
+             *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -77,7 +92,9 @@ class Redis:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if command(self.port, "PING", timeout=1.0) == b"PONG":
+                reply = command(self.port, "PING", timeout=1.0)
+                # PONG, or NOAUTH from a Redis with a password: either way it is up.
+                if reply == b"PONG" or isinstance(reply, hiredis.ReplyError):
                     return
             except OSError:
                 pass

@@ -331,7 +331,12 @@ def test_redis_urls() -> None:
     )  # fmt: skip
     b = RedisAddress.fromURL("redis://localhost")
     assert (b.port, b.db, b.tls, b.password) == (6379, 0, False, None)
-    for bad in ("http://x", "redis://", "redis://h/db", "redis://h:99999"):
+    c = RedisAddress.fromURL("rediss://h?ssl_ca_certs=/etc/ca.pem")
+    assert (c.tls, c.caCerts) == (True, "/etc/ca.pem")
+    for bad in (
+        "http://x", "redis://", "redis://h/db", "redis://h:99999",
+        "redis://h?ssl_ca_certs=/ca.pem", "rediss://h?timeout=3",
+    ):  # fmt: skip
         with pytest.raises(ValueError, match="redis"):
             redisURL(bad)
 

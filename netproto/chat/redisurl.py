@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamClientEndpoint
@@ -21,8 +21,10 @@ CONNECT_TIMEOUT = 5.0
 class RedisAddress:
     """Where Redis is, from a ``redis://`` or ``rediss://`` URL.
 
-    ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``; ``rediss://`` is the same over TLS
-    (the server's certificate is checked against HOST with the system's CAs).
+    ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``; ``rediss://`` is the same over TLS:
+    the server's certificate is checked against HOST, with the system's CAs or, given
+    ``?ssl_ca_certs=PATH`` (the name redis-py gives it), the CA certificates in that
+    PEM file.
     """
 
     host: str
@@ -31,6 +33,7 @@ class RedisAddress:
     tls: bool
     username: str | None
     password: str | None
+    caCerts: str | None = None
 
     @classmethod
     def fromURL(cls, url: str) -> RedisAddress:
@@ -47,6 +50,13 @@ class RedisAddress:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"{url!r}: bad port") from None
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"ssl_ca_certs"}
+        if unknown:
+            raise ValueError(f"{url!r}: unknown parameter {sorted(unknown)[0]!r}")
+        caCerts = query.get("ssl_ca_certs", [None])[-1]
+        if caCerts is not None and parts.scheme != "rediss":
+            raise ValueError(f"{url!r}: ssl_ca_certs is for rediss:// (TLS)")
         return cls(
             host=parts.hostname,
             port=port,
@@ -54,18 +64,23 @@ class RedisAddress:
             tls=parts.scheme == "rediss",
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
+            caCerts=caCerts,
         )
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         """Where to connect: TCP (IPv4 or IPv6, whichever the name resolves to), with
         TLS for ``rediss://``."""
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
         plain = HostnameEndpoint(reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
-        if self.tls:
-            return wrapClientTLS(optionsForClientTLS(self.host), plain)
-        return plain
+        if not self.tls:
+            return plain
+        trust = None
+        if self.caCerts is not None:
+            with open(self.caCerts, "rb") as f:
+                trust = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+        return wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), plain)
 
 
 def redisURL(text: str) -> str:
@@ -75,5 +90,5 @@ def redisURL(text: str) -> str:
 
 
 redisURL.coerceDoc = (  # type: ignore[attr-defined]
-    "Must be redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://... (TLS)."
+    "Must be redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://...[?ssl_ca_certs=PEM]."
 )

@@ -19,7 +19,7 @@ from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import ChatProtocol
 from netproto.chat.state import ChatServer, errorLine
 from netproto.logsummary import RepeatSummary, sourceOf
-from netproto.services import ServerContext
+from netproto.services import ServerContext, ServiceError
 
 SERVER_FULL = errorLine("server full")
 
@@ -186,7 +186,10 @@ def makeFactory(context: ServerContext) -> ChatFactory:
     from netproto.chat.scripts import SCRIPTS
 
     reactor = context.reactor
-    link = RedisLink(reactor, RedisAddress.fromURL(url), SCRIPTS)
+    try:
+        link = RedisLink(reactor, RedisAddress.fromURL(url), SCRIPTS)
+    except (ValueError, OSError) as e:  # a CA file that cannot be read, say
+        raise ServiceError(f"--chat-redis: {e}") from None
     server = ClusterChatServer(link, config.history, reactor, config.noticeDelay)
     reactor.addSystemEventTrigger("before", "shutdown", server.stop)
     link.start()
