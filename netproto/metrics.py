@@ -21,9 +21,12 @@ command ended); never a peer, user or nick, whose number a client decides.
 Counters are counters (``_total``): Prometheus's ``rate()`` needs them never to
 go down while the process lives.
 
-prometheus_client's Twisted resource renders in the reactor's thread pool; the
-collector takes its snapshot on the reactor thread (:func:`onReactorThread`), so
-it never reads state while the reactor changes it.
+The page is rendered on the reactor thread (:class:`MetricsPage`), not with
+``prometheus_client.twisted.MetricsResource``: that one is a WSGI resource run
+in the reactor's thread pool, which would read the services' state while the
+reactor changes it, and a scrape caught by shutdown would block the pool's
+join on the reactor thread forever (it waits for a thread waiting for the
+reactor). A scrape costs the reactor well under a millisecond, every 15 s.
 """
 
 from __future__ import annotations
@@ -40,13 +43,11 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService, Service
-from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.python import threadable
 from twisted.web.http import Request
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -329,14 +330,6 @@ def collect(counts: EventCounts, services: Iterable[ListeningService]) -> list[M
     return list(out.families.values())
 
 
-def onReactorThread(reactor: Any, f: Callable[[], list[Metric]]) -> list[Metric]:
-    """``f()`` run on the reactor thread, from whichever thread asks."""
-    if threadable.isInIOThread():
-        return f()
-    result: list[Metric] = blockingCallFromThread(reactor, f)
-    return result
-
-
 class NetprotoCollector(Collector):
     """The prometheus_client collector of one server: :func:`collect` at each scrape.
 
@@ -344,17 +337,29 @@ class NetprotoCollector(Collector):
         iterable of :class:`~netproto.services.ListeningService` and others).
     """
 
-    def __init__(self, counts: EventCounts, services: Iterable[Any], reactor: Any) -> None:
+    def __init__(self, counts: EventCounts, services: Iterable[Any]) -> None:
         self.counts = counts
         self.services = services
-        self.reactor = reactor
 
     def collect(self) -> Iterator[Metric]:
-        def now() -> list[Metric]:
-            listening = [s for s in self.services if isinstance(s, ListeningService)]
-            return collect(self.counts, listening)
+        listening = [s for s in self.services if isinstance(s, ListeningService)]
+        yield from collect(self.counts, listening)
 
-        yield from onReactorThread(self.reactor, now)
+
+class MetricsPage(Resource):
+    """``GET /metrics``: the registry in the format the scraper's ``Accept`` asks
+    for (Prometheus text, or OpenMetrics), rendered on the reactor thread."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        encode, contentType = choose_encoder(request.getHeader("accept") or "")
+        request.setHeader(b"Content-Type", contentType.encode())
+        return encode(self.registry)
 
 
 class QuietSite(Site):
@@ -388,7 +393,7 @@ class MetricsEndpoint:
 
     def build(self, context: ServerContext) -> Site:
         root = Resource()
-        root.putChild(METRICS_PATH, MetricsResource(self.registry))
+        root.putChild(METRICS_PATH, MetricsPage(self.registry))
         return QuietSite(root)
 
 
@@ -411,7 +416,7 @@ def metricsService(description: str, top: MultiService, context: ServerContext) 
     """What ``--metrics DESCRIPTION`` adds to ``top``: the event counter and the listener."""
     counts = EventCounts()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NetprotoCollector(counts, top, context.reactor))
+    registry.register(NetprotoCollector(counts, top))
     # process_*: RSS, open descriptors and their limit, CPU, start time (read from /proc).
     ProcessCollector(registry=registry)
     metrics = MultiService()

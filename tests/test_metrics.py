@@ -159,7 +159,7 @@ def test_the_collector_serves_the_exposition_from_a_service_tree() -> None:
     counts.connections["exec"] = 4
     registry = CollectorRegistry(auto_describe=False)
     top = MultiService()
-    registry.register(NetprotoCollector(counts, top, Clock()))
+    registry.register(NetprotoCollector(counts, top))
     text = generate_latest(registry).decode()
     assert 'netproto_connections_total{service="exec"} 4.0' in text
     assert re.search(r'netproto_build_info\{version="[^"]+"\} 1.0', text)

@@ -28,11 +28,12 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(server: Twistd) -> str:
+def scrape(server: Twistd, accept: str = "text/plain") -> str:
     url = f"http://127.0.0.1:{server.port('metrics')}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.headers["Content-Type"].startswith(accept)
         text: str = response.read().decode()
         return text
 
@@ -123,6 +124,8 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
             found = waitUntil(settled, timeout=20)
             assert found is not None
             text = scrape(server)
+            # Prometheus asks for OpenMetrics when it can: the same numbers, its ending.
+            assert scrape(server, "application/openmetrics-text").endswith("# EOF\n")
 
         checked = subprocess.run(
             [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
