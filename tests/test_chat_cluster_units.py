@@ -367,3 +367,18 @@ def test_fire_and_forget_scripts_swallow_only_a_lost_link() -> None:
     link.script = lambda *a: fail(LinkDown())  # type: ignore[method-assign]
     server.say(p, "lost in the gap")
     assert p.take() == []
+
+
+def test_a_room_made_while_joining_the_cluster_is_subscribed_at_registration() -> None:
+    """A member who moved to a new room while the server was still joining the
+    cluster (after the rooms were subscribed) is registered in that room, and the
+    server subscribes to it first, so it hears the room's other servers."""
+    server, link, _, p = linkedMember(1)
+    link.fail()
+    server.linkUp()
+    link.answer("SUBSCRIBE")  # the server's channel; the lobby's is on its way
+    server.join(p, "late")  # still alone: done here at once
+    link.answer("SUBSCRIBE")
+    link.answer("heartbeat", [1, 0])
+    assert link.answer("SUBSCRIBE") == (room("late"),)
+    assert link.answer("claim", 1)[4:6] == ("late", "late")

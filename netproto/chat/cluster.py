@@ -177,8 +177,8 @@ class ClusterChatServer(ChatServer):
         del self.members[memberId]
         self._queues.pop(participant, None)
         joining = self._joining.pop(participant, None)
-        if joining is not None:
-            joining[1].callback(None)  # its command ends (see _enterRoom)
+        if joining is not None and not joining[1].called:
+            joining[1].callback(None)  # the command waiting for it ends (see _expect)
         if not self.linked:
             super().disconnect(participant, reason)
             return
@@ -499,8 +499,8 @@ class ClusterChatServer(ChatServer):
                 self.send(participant, LINK_RESTORED)
 
     def _rejoinFailed(self, failure: Failure) -> None:
-        if not failure.check(LinkDown):
-            self.log.failure("cluster: registering again failed", failure)
+        if not failure.check(LinkDown):  # a reply that never came, say
+            self.log.warn("cluster: joining failed ({why}); reconnecting", why=failure.value)
             self.link.reset()
 
     def _registerAll(self) -> None:
@@ -514,6 +514,7 @@ class ClusterChatServer(ChatServer):
         if room is None or room is self._limbo:
             return
         memberId, roomKey = self._ids[participant], nameKey(room.name)
+        await self._subscribe(roomKey)  # a room made here while the link was down
         nick = participant.nick
         while participant in self._ids:
             claimed = await self._script(
