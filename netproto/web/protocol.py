@@ -20,12 +20,12 @@ wire differs:
   delivery (:class:`FrameCache`, with autobahn's prepared messages) and every
   browser member due it is sent the same frames;
 - everything this connection sends, autobahn's handshake and control frames
-  included, leaves through one :class:`~netproto.directsend.Writer`, as a telnet
-  member's lines do. When the socket does not take all of it, the chat
-  member's own writer is paused (``setOutput``), so it counts what is written
-  from then on, as it does over TLS: a browser that stops reading is cut off
-  (``too slow reading``) once that passes ``--chat-max-queue``; the writer
-  itself refuses more than ``--chat-max-queue`` held, as a second bound.
+  included, leaves through one :class:`~netproto.directsend.Writer` with the
+  ``--chat-max-queue`` bound, as a telnet member's lines do. Once the member is
+  welcomed its ``sender`` (where :meth:`ChatProtocol.deliver` writes) is a
+  :class:`FrameSender` on that writer: a delivery costs a lookup in the frame
+  cache and one ``send``, and a browser that stops reading is cut off (``too
+  slow reading``) exactly as a telnet member is, by what is still unsent.
 
 The handshake is refused with HTTP 403 unless the ``Origin`` is the page's own
 (the scheme of this connection and its ``Host``) or listed in ``--web-origins``.
@@ -83,6 +83,9 @@ BINARY_REFUSED = errorLine("binary messages are not read: send text, one line pe
 POLICY_VIOLATION: Final = 1008
 NORMAL: Final = 1000
 
+#: autobahn's state of an open WebSocket.
+OPEN: Final = WebSocketServerProtocol.STATE_OPEN
+
 
 class AutobahnLog:
     """What autobahn logs for one factory's connections: its debug and info lines
@@ -108,23 +111,34 @@ class AutobahnLog:
     error = critical = failure = warn
 
 
+#: Bytes of lines (with their frames) the frame cache keeps by content; past it
+#: the table starts again empty. A flush of a busy room is a few hundred lines;
+#: 1 MiB holds many flushes' worth and bounds what the cache can ever hold.
+FRAME_TABLE_BYTES: Final = 1 << 20
+
+
 class FrameCache:
     """A delivery's lines as text frames, encoded once for every member due them.
 
     The chat hands the same ``bytes`` object to every member due the same lines
     (:meth:`~netproto.chat.state.ChatRoom.flush`), so the frames of the last
     delivery are kept with it: the next member given that very object gets the
-    same frames, one encoding per flush whatever the room's size. The frames are
-    autobahn's prepared messages (server frames are not masked, so one encoding
-    fits every connection); joined, they go out with one write per member.
+    same frames, one encoding per flush whatever the room's size. Senders and
+    newcomers are given their own join of the same lines (without their own, or
+    without what preceded their join): those are framed from a table of each
+    line's frame, one dictionary lookup a line. The frames are autobahn's
+    prepared messages (server frames are not masked, so one encoding fits every
+    connection); joined, they go out with one write per member.
     """
 
-    __slots__ = ("_factory", "_frames", "_lines")
+    __slots__ = ("_factory", "_frames", "_lines", "_table", "_tableBytes")
 
     def __init__(self, factory: WebSocketServerFactory) -> None:
         self._factory = factory
         self._lines = b""
         self._frames = b""
+        self._table: dict[bytes, bytes] = {}
+        self._tableBytes = 0
 
     def frames(self, lines: bytes) -> bytes:
         """``lines`` (CRLF-ended) as one text frame each, without the CRLF."""
@@ -133,10 +147,55 @@ class FrameCache:
         parts = lines.split(CRLF)
         if not parts[-1]:
             parts.pop()
-        prepare = self._factory.prepareMessage
-        frames = b"".join([prepare(part).payloadHybi for part in parts])
+        table = self._table
+        try:
+            frames = b"".join([table[part] for part in parts])
+        except KeyError:
+            frames = b"".join([self._frame(part) for part in parts])
         self._lines, self._frames = lines, frames
         return frames
+
+    @property
+    def held(self) -> int:
+        """Bytes of lines and frames the table holds (about; see FRAME_TABLE_BYTES)."""
+        return self._tableBytes
+
+    def _frame(self, line: bytes) -> bytes:
+        """``line``'s frame, from the table or prepared (and kept) now."""
+        frame = self._table.get(line)
+        if frame is None:
+            frame = self._factory.prepareMessage(line).payloadHybi
+            if self._tableBytes > FRAME_TABLE_BYTES:
+                self._table.clear()
+                self._tableBytes = 0
+            self._table[line] = frame
+            self._tableBytes += 2 * len(frame)
+        return frame
+
+
+class FrameSender:
+    """A browser member's ``sender`` (:attr:`ChatProtocol.sender`): the chat's
+    deliveries as text frames, on the connection's writer. What
+    :class:`~netproto.directsend.Writer` is to a telnet member, one frame cache
+    lookup away."""
+
+    __slots__ = ("cache", "socket", "writer")
+
+    def __init__(self, socket: WebChatProtocol, writer: Writer) -> None:
+        self.socket = socket
+        self.writer = writer
+        self.cache = socket.factory.cache
+
+    def write(self, lines: bytes) -> bool:
+        """Send ``lines`` (CRLF-ended), one text message each; False when what is
+        still unsent would pass ``--chat-max-queue``: the chat cuts the member off."""
+        if self.socket.state != OPEN:
+            return True  # closing: nothing more goes out after the close frame
+        return self.writer.write(self.cache.frames(lines))
+
+    def loseConnection(self) -> None:
+        """Close the WebSocket (1000) once what is queued has been sent."""
+        self.socket.sendClose(NORMAL)
 
 
 class MessageTransport:
@@ -284,9 +343,9 @@ class WebChatProtocol(WebSocketServerProtocol):
         assert member is not None
         self.member = member
         member.makeConnection(MessageTransport(self))
-        sender = member.sender if isinstance(member, ChatProtocol) else None
-        if sender is not None and self.writer is not None:
-            self.writer.setOutput(sender)  # paused while this socket is backed up
+        if isinstance(member, ChatProtocol) and member.sender is not None:
+            assert self.writer is not None
+            member.sender = FrameSender(self, self.writer)  # type: ignore[assignment]
 
     # -- messages --------------------------------------------------------------------
 
