@@ -209,6 +209,11 @@ class ServerOptions(usage.Options):
                 serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError, ServiceError) as e:
             raise usage.UsageError(f"{name} endpoint {description!r}: {e}") from None
+        except IndexError:  # systemd:...:index=N beyond the sockets passed
+            raise usage.UsageError(
+                f"{name} endpoint {description!r}: no such socket passed by systemd "
+                "(LISTEN_FDS, with LISTEN_FDNAMES as systemd sets them)"
+            ) from None
 
     def listServices(self) -> str:
         lines = []
