@@ -226,3 +226,13 @@ async def run(client: FramedClient, request: dict[str, Any], stdin: bytes | None
             client.send(b"0", stdin[i : i + chunk])
         client.send(b"C")
     return await finish(client, pid)
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a Twisted FileDescriptor transport holds, not yet written."""
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+
+
+def connections(factory: ExecFactory) -> list[Any]:
+    """The connections of the factory's running commands."""
+    return [t.proto.sink for t in factory.commands.values()]  # type: ignore[attr-defined]

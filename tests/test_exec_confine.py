@@ -9,8 +9,10 @@ import contextlib
 import itertools
 import os
 import resource
+import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from twisted.internet.task import Clock
 from netproto.exec import registry
 from netproto.exec.cgroups import PidsCgroups, endCgroups, members, pidsHome, taskCount
 from netproto.exec.confine import Confinement
-from netproto.exec.procs import liveGroups, startTime
+from netproto.exec.procs import liveGroups, liveSessions, startTime
 from netproto.exec.registry import GroupRegistry, endGroups, recorded
 from netproto.exec.spawn import Spawned, spawn
 from tests.execkit import drain
@@ -197,6 +199,30 @@ def test_endGroups_ends_recorded_groups_and_spares_a_reused_pid() -> None:
         assert liveGroups({live.pid, orphaned.pid, stranger.pid}) == {stranger.pid}
     finally:
         killGroups(live, orphaned, stranger)
+
+
+def test_endGroups_ends_the_whole_session_of_a_command() -> None:
+    """A command whose job-control shell put a job in a process group of its
+    own (as an interactive shell on a terminal does with every job), the job
+    ignoring SIGHUP and SIGTERM: ending the command ends that job too."""
+    script = (
+        "import os, signal\n"
+        "os.setpgid(0, 0)\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print(os.getpid(), flush=True)\n"
+        "signal.pause()\n"
+    )
+    proc = session(f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} & wait")
+    try:
+        job = pidsOf(proc, 1)[0]
+        assert os.getpgid(job) != proc.pid and os.getsid(job) == proc.pid
+        start = startTime(proc.pid)
+        assert start is not None
+        assert endGroups([(proc.pid, start)], grace=0.2) == 1
+        assert liveSessions({proc.pid}) == set()
+    finally:
+        killGroups(proc)
 
 
 # -- pids cgroups -------------------------------------------------------------------------

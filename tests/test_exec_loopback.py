@@ -21,9 +21,8 @@ from twisted.internet.interfaces import ITCPTransport
 
 from netproto.client.framed import FramedClient, ServerError
 from netproto.exec import spawn as _spawn
-from netproto.exec.server import ExecFactory
 from netproto.framing import MAX_READ_SIZE
-from tests.execkit import finish, run, serving, started
+from tests.execkit import buffered, connections, finish, run, serving, started
 from tests.support import eventually, waitDeferred
 
 MiB = 1 << 20
@@ -50,11 +49,6 @@ def groupGone(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-def buffered(transport: Any) -> int:
-    """Bytes a Twisted FileDescriptor transport holds, not yet written."""
-    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
 
 # -- commands, output, exit --------------------------------------------------------
@@ -340,16 +334,12 @@ async def test_a_client_that_stops_reading_stops_the_command(tmp_path: Path) -> 
             return len(written) > 5 and written[-1] == written[-6]
 
         await eventually(stalled, timeout=20, interval=0.05)
-        (conn,) = list(_connections(server.factory))
+        (conn,) = list(connections(server.factory))
         assert buffered(conn.transport) <= 2 * server.factory.maxFrame
         assert written[-1] < 256 * MiB  # the client's queue, socket and pipe buffers
         result = await finish(client, pid, timeout=60)
         assert len(result.out) == total and result.exit["code"] == 0
         client.close()
-
-
-def _connections(factory: ExecFactory) -> list[Any]:
-    return [t.proto.sink for t in factory.commands.values()]  # type: ignore[attr-defined]
 
 
 @pytest_twisted.ensureDeferred

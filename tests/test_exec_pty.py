@@ -15,7 +15,7 @@ import pytest_twisted
 
 from netproto.client.framed import FramedClient, ServerError
 from netproto.exec import procs as _procs
-from tests.execkit import finish, serving, started
+from tests.execkit import buffered, connections, finish, serving, started
 from tests.support import eventually, waitDeferred
 
 PY = sys.executable
@@ -221,4 +221,32 @@ async def test_no_pty_refuses_terminals_and_says_so_in_the_hello(tmp_path: Path)
         assert info.value.code == "not-allowed"
         pid = await started(client, {"argv": ["true"]})
         assert (await finish(client, pid)).exit["code"] == 0
+        client.close()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_stops_the_command_on_its_terminal(
+    tmp_path: Path,
+) -> None:
+    """Output backpressure on a terminal, as on pipes: while the client reads
+    nothing, the server holds at most about one send buffer and the command
+    blocks on its terminal; nothing is lost once the client reads again."""
+    total = 32 << 20
+    async with serving(tmp_path) as server:
+        client = await server.connect()
+        pid = await started(client, {"argv": ["head", "-c", str(total), "/dev/zero"], "pty": TERM})
+        head = psutil.Process(pid)
+        written: list[int] = []
+
+        def stalled() -> bool:
+            written.append(head.io_counters().write_chars)
+            return len(written) > 5 and written[-1] == written[-6]
+
+        await eventually(stalled, timeout=20, interval=0.05)
+        (conn,) = connections(server.factory)
+        assert buffered(conn.transport) <= 2 * server.factory.maxFrame
+        assert written[-1] < total
+        result = await finish(client, pid, timeout=60)
+        assert result.out == bytes(total) and result.exit["code"] == 0
         client.close()

@@ -59,6 +59,19 @@ def liveGroups(pgids: Container[int]) -> set[int]:
     """Which of the process groups ``pgids`` have a member that is not a zombie
     (a scan of ``/proc``, Linux): unlike :func:`groupAlive`, not fooled by
     zombies that a parent who does not reap leaves in a group."""
+    return _liveBy(pgids, 2)
+
+
+def liveSessions(sids: Container[int]) -> set[int]:
+    """Which of the sessions ``sids`` have a member that is not a zombie, as
+    :func:`liveGroups` for groups. A session holds its leader's group and
+    every other group made in it (the jobs of a job-control shell)."""
+    return _liveBy(sids, 3)
+
+
+def _liveBy(ids: Container[int], field: int) -> set[int]:
+    """Which of ``ids`` the non-zombie processes have as their group (``field``
+    2 of their state fields) or session (3)."""
     alive: set[int] = set()
     try:
         names = os.listdir("/proc")
@@ -68,8 +81,8 @@ def liveGroups(pgids: Container[int]) -> set[int]:
         if not name.isdigit():
             continue
         fields = _stat(int(name))
-        if fields is not None and fields[0] != b"Z" and int(fields[2]) in pgids:
-            alive.add(int(fields[2]))
+        if fields is not None and fields[0] != b"Z" and int(fields[field]) in ids:
+            alive.add(int(fields[field]))
     return alive
 
 

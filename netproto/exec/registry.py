@@ -23,7 +23,10 @@ process has that pid any more (then the members left are the command's,
 unless all of them had exited and the pid went round ``pid_max`` and was
 taken by the leader of a new group that has exited too, in the time between:
 that is the risk this accepts). A process with that pid and another start
-time means the command's group is long gone: it is left alone.
+time means the command's group is long gone: it is left alone. What is ended
+is the command's whole session (its first process started it, so its id is
+the group's): the same holds of a session id, and a session also holds the
+groups a job-control shell makes, one per job, on a terminal.
 """
 
 from __future__ import annotations
@@ -161,24 +164,28 @@ def _ours(pgid: int, start: int) -> bool:
     return now is None or now == start
 
 
-def _signal(pgids: Iterable[int], sig: int) -> None:
-    for pgid in pgids:
-        _procs.killGroup(pgid, sig)
+def _signal(sids: Iterable[int], sig: int) -> None:
+    for sid in sids:
+        _procs.killSession(sid, sig)
 
 
 def endGroups(records: Iterable[tuple[int, int]], grace: float) -> int:
-    """End the recorded commands' groups that are still theirs: ``SIGTERM``,
-    then ``SIGKILL`` to those with members after ``grace`` seconds. A blocking
-    call, for the guardian. Returns how many groups had members."""
+    """End the recorded commands that are still theirs, each its whole session
+    (its group, and the groups a job-control shell on a terminal made in it):
+    ``SIGHUP`` (what a terminal's hang-up sends, which an interactive shell
+    obeys), ``SIGTERM`` and ``SIGCONT``, then ``SIGKILL`` to those with members
+    after ``grace`` seconds. A blocking call, for the guardian. Returns how many
+    sessions had members."""
     targets = {pgid for pgid, start in records if _ours(pgid, start)}
-    alive = _procs.liveGroups(targets)
-    _signal(alive, signal.SIGTERM)
+    alive = _procs.liveSessions(targets)
+    for ending in (signal.SIGHUP, signal.SIGTERM, signal.SIGCONT):
+        _signal(alive, ending)
     found = len(alive)
     for sig, wait in ((signal.SIGKILL, grace), (None, KILL_WAIT)):
         deadline = time.monotonic() + wait
         while alive and time.monotonic() < deadline:
             time.sleep(POLL)
-            alive = _procs.liveGroups(alive)
+            alive = _procs.liveSessions(alive)
         if sig is not None:
             _signal(alive, sig)
     return found
