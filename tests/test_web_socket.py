@@ -1,13 +1,15 @@
 """The web service at the WebSocket level (PROTOCOL.md section 7), against a real
 ``twistd netproto`` with a Python WebSocket client: browser members in the telnet
 members' rooms, the Origin check, binary and over-long messages, a member that
-never reads, and the page's files."""
+never reads, the page's files, and TLS."""
 
 from __future__ import annotations
 
 import contextlib
 import selectors
 import socket
+import ssl
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +281,42 @@ def test_a_browser_that_never_reads_is_cut_off_and_the_others_lose_nothing(
         for s in (*socks, wsReader.sock):
             s.close()
         silent.shutdown()
+
+
+def test_an_ssl_endpoint_serves_https_and_wss(tmp_path: Path) -> None:
+    """docs/web.md's self-signed example: the page over https, the chat over wss, and
+    the page's own origin is the https one (an http page of the same host is foreign)."""
+    key, cert = tmp_path / "web-key.pem", tmp_path / "web-cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    web = f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"
+    with runTwistd(tmp_path, "--web", web, services=("chat",)) as server:
+        server.waitListening("web")
+        port = server.port("web")
+        context = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/", context=context) as page:
+            assert b'<script src="chat.js"' in page.read()
+        ws = websocket.create_connection(
+            f"wss://127.0.0.1:{port}/chat",
+            origin=f"https://127.0.0.1:{port}",
+            sslopt={"ca_certs": str(cert)},
+            timeout=20,
+        )
+        try:
+            receiveUntil(ws, r"^\*\*\* Welcome to netproto chat")
+            ws.send("/nick secure")
+            assert receiveUntil(ws, "known as")[-1] == "*** guest1 is now known as secure"
+        finally:
+            ws.shutdown()
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(
+                f"wss://127.0.0.1:{port}/chat",
+                origin=f"http://127.0.0.1:{port}",
+                sslopt={"ca_certs": str(cert)},
+                timeout=20,
+            )
+        assert refused.value.status_code == 403
