@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -29,7 +30,7 @@ from netproto.exec.process import CommandProtocol
 from netproto.exec.protocol import ExecProtocol
 from netproto.exec.server import ExecFactory, makeFactory
 from netproto.testing import FramedPeer
-from tests.support import makeContext, token, waitDeferred
+from tests.support import eventually, makeContext, token, waitDeferred
 
 
 def policyFor(tmp_path: Path, **options: Any) -> ExecPolicy:
@@ -236,3 +237,17 @@ def buffered(transport: Any) -> int:
 def connections(factory: ExecFactory) -> list[Any]:
     """The connections of the factory's running commands."""
     return [t.proto.sink for t in factory.commands.values()]  # type: ignore[attr-defined]
+
+
+async def stalledAt(pid: int) -> int:
+    """Once process ``pid`` has written nothing for a while (blocked on a full
+    pipe or terminal): how many bytes it had written."""
+    process = psutil.Process(pid)
+    written: list[int] = []
+
+    def stalled() -> bool:
+        written.append(process.io_counters().write_chars)
+        return len(written) > 5 and written[-1] == written[-6]
+
+    await eventually(stalled, timeout=20, interval=0.05)
+    return written[-1]

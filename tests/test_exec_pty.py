@@ -15,7 +15,7 @@ import pytest_twisted
 
 from netproto.client.framed import FramedClient, ServerError
 from netproto.exec import procs as _procs
-from tests.execkit import buffered, connections, finish, serving, started
+from tests.execkit import buffered, connections, finish, serving, stalledAt, started
 from tests.support import eventually, waitDeferred
 
 PY = sys.executable
@@ -236,17 +236,10 @@ async def test_a_client_that_stops_reading_stops_the_command_on_its_terminal(
     async with serving(tmp_path) as server:
         client = await server.connect()
         pid = await started(client, {"argv": ["head", "-c", str(total), "/dev/zero"], "pty": TERM})
-        head = psutil.Process(pid)
-        written: list[int] = []
-
-        def stalled() -> bool:
-            written.append(head.io_counters().write_chars)
-            return len(written) > 5 and written[-1] == written[-6]
-
-        await eventually(stalled, timeout=20, interval=0.05)
+        written = await stalledAt(pid)
         (conn,) = connections(server.factory)
         assert buffered(conn.transport) <= 2 * server.factory.maxFrame
-        assert written[-1] < total
+        assert written < total
         result = await finish(client, pid, timeout=60)
         assert result.out == bytes(total) and result.exit["code"] == 0
         client.close()
