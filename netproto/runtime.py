@@ -9,9 +9,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import pwd
 import resource
-from typing import Final
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 log = Logger()
@@ -72,3 +78,94 @@ def tuneAllocator() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The user a server started as root will run as once it has bound its ports
+    (``twistd --uid/--gid``): twistd switches to it after every service's
+    ``privilegedStartService``.
+
+    :ivar uid: its user id.
+    :ivar gid: its group id (``--gid``, else the user's primary group).
+    :ivar name: its name, home and login shell, from the password database
+        (its id and ``/`` when it has no entry).
+    """
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    shell: str
+
+    @classmethod
+    def of(cls, uid: int, gid: int | None = None) -> RunAs:
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return cls(uid, uid if gid is None else gid, str(uid), "/", "")
+        return cls(
+            uid, entry.pw_gid if gid is None else gid, entry.pw_name, entry.pw_dir, entry.pw_shell
+        )
+
+
+def plannedDrop(twistdOptions: Mapping[str, Any] | None) -> RunAs | None:
+    """Whom ``twistd`` will run the server as after binding, if it drops root:
+    ``--uid`` given (not ``--euid``, which keeps the real uid) while running as
+    root, to another user. None otherwise (the server stays who it is)."""
+    if twistdOptions is None or os.getuid() != 0:
+        return None
+    uid = twistdOptions.get("uid")
+    if uid is None or uid == 0 or twistdOptions.get("euid"):
+        return None
+    return RunAs.of(int(uid), twistdOptions.get("gid"))
+
+
+def handOver(root: Path, user: RunAs) -> int:
+    """Give ``root`` and what the server made in it as root to ``user``: every
+    entry owned by root, not descending into directories ``user`` already owns
+    (what it made there while running is its own). Symbolic links are changed
+    themselves, never followed. Returns how many entries changed owner.
+
+    Run once, as root, after the services have started (their directories and
+    files exist) and before twistd drops root, so that the server, running as
+    ``user``, can use its token, its certificate, its upload directory and its
+    registry of running commands.
+    """
+    changed = 0
+    pending = [root]
+    while pending:
+        path = pending.pop()
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid != 0:
+            continue
+        os.lchown(path, user.uid, user.gid)
+        changed += 1
+        if stat.S_ISDIR(info.st_mode):
+            pending.extend(path.iterdir())
+    return changed
+
+
+class HandOver(Service):
+    """The last service of a server that drops root: hands its data dir over
+    (:func:`handOver`) once every other service has started as root."""
+
+    def __init__(self, root: Path, user: RunAs) -> None:
+        self.root = root
+        self.user = user
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        changed = handOver(self.root, self.user)
+        log.info(
+            "netproto: runs as {user} (uid {uid}, gid {gid}) once its ports are bound; "
+            "{root} is its own ({changed} entries handed over)",
+            user=self.user.name,
+            uid=self.user.uid,
+            gid=self.user.gid,
+            root=str(self.root),
+            changed=changed,
+        )

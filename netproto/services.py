@@ -55,6 +55,10 @@ class ServerContext:
     :ivar tls: with ``--tls``, the server's TLS options (an
         ``IOpenSSLServerConnectionCreator``, :mod:`netproto.tls`): the services
         that take TLS (:func:`takesTLS`) are served over it on any stream endpoint.
+    :ivar runAs: the user (a :class:`netproto.runtime.RunAs`) the server runs as
+        once its ports are bound, when it starts as root and twistd drops root
+        (``--uid``); None when it stays who it is. Services build as root: what
+        they make for later use must be for this user (exec's commands run as it).
     """
 
     reactor: Any
@@ -63,6 +67,7 @@ class ServerContext:
     dataDir: Path
     options: Mapping[str, Any] = field(default_factory=dict)
     tls: Any = None
+    runAs: Any = None
     #: Objects several services of one server use, by name (see :meth:`shared`).
     sharedObjects: dict[str, Any] = field(default_factory=dict)
 

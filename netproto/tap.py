@@ -24,7 +24,7 @@ from netproto.framing import (
 )
 from netproto.jsonlog import checkTwistdOptions, jsonLogged, logFormat
 from netproto.options import count, seconds, streamEndpoint
-from netproto.runtime import raiseFileLimit, tuneAllocator
+from netproto.runtime import HandOver, RunAs, plannedDrop, raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
     ServerContext,
@@ -141,6 +141,8 @@ class ServerOptions(usage.Options):
         self.context: ServerContext | None = None
         self.tokenPath: Path | None = None
         self.certificate: ServerCertificate | None = None
+        #: The user twistd runs the server as once its ports are bound (--uid as root).
+        self.runAs: RunAs | None = None
 
     def opt_service(self, value: str) -> None:
         """Serve a plugin service: NAME=ENDPOINT, or NAME for its default endpoint. Repeatable."""
@@ -184,6 +186,7 @@ class ServerOptions(usage.Options):
         except AuthSetupError as e:
             raise usage.UsageError(str(e)) from None
         self.tokenPath = tokenPath
+        self.runAs = plannedDrop(getattr(self, "parent", None))  # twistd's --uid, --gid
         if self["tls"]:
             try:
                 self.certificate = loadOrCreate(dataDir)
@@ -196,6 +199,7 @@ class ServerOptions(usage.Options):
             dataDir=dataDir,
             options=dict(self),
             tls=self.certificate.contextFactory() if self.certificate else None,
+            runAs=self.runAs,
         )
 
     def _checkEndpoint(self, name: str, description: str) -> None:
@@ -261,6 +265,8 @@ def makeService(options: ServerOptions) -> IServiceCollection:
     top = MultiService()
     for child in makeServices(options.services, options.endpoints, options.context):
         child.setServiceParent(top)
+    if options.runAs is not None:  # last: once the others made their files as root
+        HandOver(options.context.dataDir, options.runAs).setServiceParent(top)
     if options.tokenPath is not None:
         log.info(
             "netproto: token in {path} (the bundled client reads it from there)",

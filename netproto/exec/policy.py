@@ -249,15 +249,21 @@ class ExecPolicy:
 
     @classmethod
     def fromOptions(
-        cls, options: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+        cls, options: Mapping[str, Any], environ: Mapping[str, str] = os.environ, runAs: Any = None
     ) -> ExecPolicy:
         """The policy of ``twistd netproto``'s parsed ``--exec-*`` options.
+
+        :param runAs: the user the server runs as once it drops root
+            (:attr:`netproto.services.ServerContext.runAs`): commands get its
+            name and home, not those of root, which builds the policy.
 
         :raises ValueError: for an option that makes no sense, with a message
             for the operator.
         """
         userName, userHome, loginShell = _serverUser()
-        home = environ.get("HOME") or userHome
+        if runAs is not None:
+            userName, userHome, loginShell = runAs.name, runAs.home, runAs.shell or SHELL
+        home = (environ.get("HOME") if runAs is None else None) or userHome
         allowText = options.get("exec-allow")
         allow = _splitList(allowText) if allowText else None
         for entry in allow or ():

@@ -329,7 +329,7 @@ class ExecFactory(FramedFactory):
 def makeFactory(context: ServerContext) -> ExecFactory:
     """The exec service's factory (named as ``builder`` in ``netproto/exec/plugin.py``)."""
     try:
-        policy = ExecPolicy.fromOptions(context.options)
+        policy = ExecPolicy.fromOptions(context.options, runAs=context.runAs)
     except ValueError as e:
         raise ServiceError(str(e)) from None
     return ExecFactory(context, policy)
