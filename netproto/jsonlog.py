@@ -12,8 +12,7 @@ additions a shipper needs without knowing Twisted:
 
 Whatever a client sends, a record stays one line: JSON escapes control
 characters, and non-ASCII ones, U+2028 included; and no string field is longer than
-:data:`MAX_FIELD` characters (what a client can put in a field is cut there,
-with the count of what was cut).
+:data:`MAX_FIELD` characters (cut there, with the count of what was cut).
 
 The observer replaces twistd's text one the way a ``.tac`` file does, as the
 application's ``ILogObserver`` component (:class:`JSONLogged`), and writes
@@ -36,17 +35,17 @@ from twisted.logger import (
 )
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
-from zope.interface import implementer
+from zope.interface import provider
 
 #: The values of ``--log-format``.
 LOG_FORMATS: Final = ("text", "json")
 
-#: Longest string field kept whole, in characters. Fields a client fills (a
-#: refusal's message, a command line, a user name) can be as long as a frame
-#: (256 KiB); a shipper's line limit is often 16 KiB (journald's default
-#: LineMax is 48 KiB; Docker splits at 16 KiB). 2,000 keeps every field the
-#: services write themselves whole (paths, addresses, digests).
-MAX_FIELD: Final = 2000
+#: Longest string field kept whole, in characters: a backstop, so that no
+#: record is unbounded. What a client can put in a logged field is already
+#: bounded by the services (an upload name 4,095 bytes, anything before login
+#: 4 KiB, a command line 200 characters); exec's batch of 100 started commands,
+#: about 22,000 characters at most, stays whole: the audit trail is never cut.
+MAX_FIELD: Final = 32 * 1024
 
 #: Keys dropped from the copy: Python objects that JSON cannot carry (the
 #: logger and the object that logged), written as ``{"unpersistable": true}``.
@@ -101,7 +100,10 @@ def jsonLogObserver(outFile: IO[Any], services: Collection[str]) -> ILogObserver
     """Write each event as one JSON line to ``outFile``."""
     write = jsonFileLogObserver(outFile, recordSeparator="")
 
-    @implementer(ILogObserver)
+    # provider, not implementer: twistd wraps an observer it does not see
+    # providing ILogObserver in its legacy bridge, which replaces a field named
+    # "message" (a refusal's) with ().
+    @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
         write(prepared(event, services))
 

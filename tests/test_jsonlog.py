@@ -71,6 +71,7 @@ def test_events_without_a_service_are_named_from_their_namespace() -> None:
 def test_json_logs_become_the_application_observer_as_in_a_tac_file() -> None:
     """twistd starts logging to the application's ILogObserver component: the
     service tree sets it when twistd puts it under its application."""
+    assert ILogObserver.providedBy(jsonLogObserver(io.StringIO(), ()))  # not wrapped as legacy
     application = Application("netproto")
     tree = jsonLogged(MultiService(), {"logfile": "-", "nodaemon": 1}, {"chat"})
     tree.setServiceParent(application)
@@ -104,9 +105,10 @@ def run(conn: BlockingFramed, argv: list[str]) -> None:
 @pytest.mark.e2e
 def test_every_line_of_a_json_log_parses_whatever_clients_send(tmp_path: Path) -> None:
     """Hostile clients: a command line with newlines, escapes and 100 KB of
-    arguments; a forged token full of newlines; an upload name with U+2028 and
-    4,000 bytes long; chat lines too long and with escapes. Every line of the log
-    is one JSON object; every event that names a peer names its service too."""
+    arguments; a 100 KB program name (its refusal quotes it); a forged token
+    full of newlines; an upload name with U+2028, 4,000 bytes long; chat lines
+    too long and with escapes. Every line of the log is one JSON object; every
+    event that names a peer names its service too; the refusal is cut."""
     with runTwistd(tmp_path, "--log-format", "json") as server:
         token = (tmp_path / "home" / "token").read_text().strip()
         with socket.create_connection(("127.0.0.1", server.port("chat")), timeout=10) as chat:
@@ -116,6 +118,8 @@ def test_every_line_of_a_json_log_parses_whatever_clients_send(tmp_path: Path) -
         with closing(BlockingFramed.connect(server.port("exec"))) as conn:
             conn.login(token, service="exec")
             run(conn, ["printf", "%s", HOSTILE.replace("\x00", ""), "z" * 100_000])
+            conn.sendJSON(b"R", {"argv": ["/no/such/" + "q" * 100_000]})
+            assert conn.recvJSON(b"E")["code"] == "not-found"  # quoting all 100 KB
         with closing(BlockingFramed.connect(server.port("exec"))) as conn:
             conn.recvJSON(b"H")
             conn.sendJSON(b"A", {"token": HOSTILE * 100})
@@ -139,7 +143,10 @@ def test_every_line_of_a_json_log_parses_whatever_clients_send(tmp_path: Path) -
     stored = [
         r for r in records if r.get("log_format", "").startswith("upload: {peer} ({user}) stored")
     ]
-    assert len(stored) == 1 and stored[0]["name"].endswith("more characters)")
+    assert len(stored) == 1 and stored[0]["name"] == name  # 4,000 bytes: whole
+    (refusal,) = [r for r in records if r.get("code") == "not-found"]
+    assert refusal["message"].startswith("no such program: /no/such/qqq")
+    assert refusal["message"].endswith(" more characters)")
     for record in records:
         if "peer" in record:
             assert record.get("service") in ("chat", "exec", "upload"), record
