@@ -26,8 +26,10 @@ from tests.webkit import (
     closeCode,
     connectSocket,
     handshakeStatus,
+    origin,
     receiveUntil,
     sendWhilePumping,
+    upgradeRequest,
     welcomedAs,
 )
 
@@ -108,9 +110,9 @@ def test_the_handshake_is_refused_for_a_foreign_origin(
 ) -> None:
     """Origin: the page's own, or listed in --web-origins; anything else gets HTTP 403."""
     port = server.port("web")
-    origin = "" if sent == "own" else sent
+    header = "" if sent == "own" else sent
     if allowed:
-        ws = connectSocket(port, origin)
+        ws = connectSocket(port, header)
         try:
             receiveUntil(ws, r"Welcome")
         finally:
@@ -320,3 +322,28 @@ def test_an_ssl_endpoint_serves_https_and_wss(tmp_path: Path) -> None:
                 timeout=20,
             )
         assert refused.value.status_code == 403
+
+
+def test_http_connections_count_against_the_chat_s_caps(tmp_path: Path) -> None:
+    """--chat-max-per-address caps HTTP connections too (idle ones that never become
+    members cannot take every socket); one that becomes a WebSocket leaves that count
+    for the chat's, where browser and telnet members share the cap."""
+    with runTwistd(tmp_path, "--chat-max-per-address", "3", services=("chat", "web")) as server:
+        port = server.port("web")
+        with contextlib.ExitStack() as stack:
+            idle = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(3)
+            ]
+            refused = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            refused.settimeout(20)
+            assert refused.recv(1) == b"", "the fourth HTTP connection is closed at once"
+            server.waitLog(r"web: refused 127\.0\.0\.1:\d+: 3 HTTP connections from 127\.0\.0\.1")
+            idle[0].sendall(upgradeRequest(port, origin(port)))
+            assert idle[0].recv(4096).startswith(b"HTTP/1.1 101")
+            for _ in range(2):  # each an HTTP slot, then a member
+                member = RawSocketMember(port)
+                stack.callback(member.sock.close)
+                member.receiveUntil(r"^\*\*\* Welcome")
+            full = RawSocketMember(port)
+            stack.callback(full.sock.close)
+            assert full.receiveUntil(r"^!")[-1] == "! server full"

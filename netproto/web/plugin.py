@@ -51,6 +51,7 @@ service = LazyService(
     defaultEndpoint="tcp:8080:interface=127.0.0.1",
     builder="netproto.web.server.makeSite",
     enabledByDefault=True,
+    tls=True,  # twistd netproto --tls serves the page and the WebSocket over TLS (https, wss)
     optParameters=[
         [
             "web-origins",

@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IAddress
+from twisted.logger import LogLevel
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
+from netproto.addresses import describeAddress
 from netproto.chat.plugin import buildFactory
-from netproto.chat.server import ChatFactory
+from netproto.chat.server import ChatFactory, addressKey
+from netproto.logsummary import sourceOf
 from netproto.services import ServerContext
 from netproto.web.plugin import service
 from netproto.web.protocol import WebChatFactory
@@ -60,6 +65,86 @@ class PageFiles(File):
         return resource
 
 
+class HTTPSlot(ProtocolWrapper):
+    """An HTTP connection of the web site, counted against its address
+    (:class:`HTTPGate`) until it ends or becomes a WebSocket."""
+
+    key: str | None = None
+
+
+class HTTPGate(WrappingFactory):
+    """The web site's connection caps: the chat's (``--chat-max-clients``,
+    ``--chat-max-per-address``) applied to HTTP connections too, so that idle
+    connections that never become members cannot take every socket of the server.
+
+    A connection that becomes a WebSocket leaves the gate (:meth:`takeOver`): it is
+    a chat member then, counted by the chat's own caps, and no wrapper stays
+    between its socket and its member (a direct send on the socket needs the
+    socket's own transport).
+    """
+
+    protocol = HTTPSlot
+    noisy = False
+
+    def __init__(self, site: WebSite) -> None:
+        super().__init__(site)
+        self.chat = site.chat
+        self.perAddress: dict[str, int] = {}
+
+    def buildProtocol(self, addr: IAddress | None) -> HTTPSlot | None:  # type: ignore[override]
+        config = self.chat.config
+        key = addressKey(addr)
+        if config.maxClients and len(self.protocols) >= config.maxClients:
+            self._refuse(addr, f"{len(self.protocols)} HTTP connections")
+            return None
+        perAddress = config.maxPerAddress
+        if key is not None and perAddress and self.perAddress.get(key, 0) >= perAddress:
+            self._refuse(addr, f"{perAddress} HTTP connections from {key}")
+            return None
+        slot = super().buildProtocol(addr)
+        assert isinstance(slot, HTTPSlot)
+        slot.key = key
+        return slot
+
+    def _refuse(self, addr: IAddress | None, why: str) -> None:
+        self.chat.logSummary.emit(
+            (sourceOf(addr), "web: refused (too many connections)"),
+            LogLevel.warn,
+            "web: refused {peer}: {why} (--chat-max-clients, --chat-max-per-address)",
+            peer=describeAddress(addr),
+            why=why,
+        )
+
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        super().registerProtocol(p)
+        key = getattr(p, "key", None)
+        if key is not None:
+            self.perAddress[key] = self.perAddress.get(key, 0) + 1
+
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        if p not in self.protocols:
+            return  # taken over already
+        super().unregisterProtocol(p)
+        key = getattr(p, "key", None)
+        if key is not None:
+            left = self.perAddress[key] - 1
+            if left:
+                self.perAddress[key] = left
+            else:
+                del self.perAddress[key]
+
+    @staticmethod
+    def takeOver(channel: Any) -> None:
+        """``channel``'s connection is becoming a WebSocket: it leaves the gate, and
+        its socket's transport is the channel's again, to be handed over."""
+        slot = channel.transport
+        if isinstance(slot, HTTPSlot):
+            slot.factory.unregisterProtocol(slot)
+            transport: Any = slot.transport
+            transport.protocol = slot.wrappedProtocol  # autobahn replaces it in turn
+            channel.transport = transport
+
+
 class ChatSocket(WebSocketResource):
     """``/chat``: the request's connection handed over to a :class:`WebChatProtocol`.
 
@@ -71,6 +156,7 @@ class ChatSocket(WebSocketResource):
 
     def render(self, request: Request) -> bytes | int:
         channel = request.channel
+        HTTPGate.takeOver(channel)
         transport: Any = channel.transport
         if transport is not None:
             transport.unregisterProducer()
@@ -99,12 +185,12 @@ class WebSite(Site):
         super().stopFactory()
 
 
-def makeSite(context: ServerContext) -> WebSite:
-    """The web service's site, its members in the chat's factory (``--web-origins``
-    from :mod:`.plugin`)."""
+def makeSite(context: ServerContext) -> HTTPGate:
+    """The web service's site behind its connection caps, its members in the chat's
+    factory (``--web-origins`` from :mod:`.plugin`)."""
     chat = buildFactory(context)
     options = context.optionsOf(service)
     sockets = WebChatFactory(chat, tuple(options["web-origins"]), context.reactor)
     root = PageFiles(str(STATIC))
     root.putChild(b"chat", ChatSocket(sockets))
-    return WebSite(root, chat, context.reactor)
+    return HTTPGate(WebSite(root, chat, context.reactor))
