@@ -102,12 +102,23 @@ class ServerCertificate:
         """
         from twisted.internet import ssl
 
+        from OpenSSL import SSL
+
         pair = ssl.PrivateCertificate.loadPEM(self.certPEM + self.keyPEM)
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=pair.privateKey.original,
             certificate=pair.original,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
+        # Twisted's ALPN callback answers a client that offers ALPN (every browser,
+        # curl, openssl -alpn) with a fatal "internal error" alert when the served
+        # factory names no protocol: it returns b"" where pyOpenSSL expects
+        # NO_OVERLAPPING_PROTOCOLS. netproto's services negotiate none (the web
+        # page speaks HTTP/1.1 without ALPN), so the handshake goes on without one.
+        options.getContext().set_alpn_select_callback(
+            lambda connection, offered: SSL.NO_OVERLAPPING_PROTOCOLS
+        )
+        return options
 
 
 def loadOrCreate(dataDir: Path, hostname: str | None = None) -> ServerCertificate:

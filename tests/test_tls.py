@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import ssl
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -36,7 +38,15 @@ from netproto.tls import (
     loadOrCreate,
     parseFingerprint,
 )
-from tests.support import NETPROTO, TWISTD, Twistd, makeContext, runTwistd, twistdEnv
+from tests.support import (
+    NETPROTO,
+    TWISTD,
+    BlockingFramed,
+    Twistd,
+    makeContext,
+    runTwistd,
+    twistdEnv,
+)
 
 # -- the server's certificate ------------------------------------------------------
 
@@ -373,3 +383,20 @@ def test_twistd_refuses_plaintext_off_loopback_in_one_line_with_status_1(tmp_pat
     assert result.returncode == 1, output
     reasons = [line for line in output.splitlines() if "refusing to serve exec" in line]
     assert len(reasons) == 1 and "Traceback" not in output, output
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_client_offering_alpn_completes_the_handshake(tlsServer: tuple[Twistd, Path]) -> None:
+    """Browsers, curl and ``openssl s_client -alpn`` offer ALPN; netproto's services
+    negotiate none, and the handshake goes on (Twisted's own callback answered
+    them with a fatal alert): the server's hello arrives over TLS."""
+    server, _ = tlsServer
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", server.port("exec")), timeout=30) as raw:
+        with context.wrap_socket(raw) as sock:
+            assert sock.selected_alpn_protocol() is None
+            assert BlockingFramed(sock).recvJSON(b"H")["service"] == "exec"
