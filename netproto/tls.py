@@ -100,9 +100,8 @@ class ServerCertificate:
         The value is a :class:`twisted.internet.ssl.CertificateOptions`
         (an ``IOpenSSLServerConnectionCreator``) for ``TLSMemoryBIOFactory``.
         """
-        from twisted.internet import ssl
-
         from OpenSSL import SSL
+        from twisted.internet import ssl
 
         pair = ssl.PrivateCertificate.loadPEM(self.certPEM + self.keyPEM)
         options = ssl.CertificateOptions(
