@@ -609,3 +609,38 @@ def test_spawn_starts_a_session_with_its_cwd_env_and_fds(tmp_path: Path) -> None
             assert info.value.errno == errno.ENOENT
     finally:
         os.close(devnull)
+
+
+def test_stdin_is_written_at_once_while_nothing_waits_and_in_order_after() -> None:
+    """A write to a command's stdin with nothing buffered goes into the pipe at
+    once, without a reactor turn (a keystroke's round trip); once the pipe is
+    full the rest is buffered, and later writes queue behind it, in order."""
+    from twisted.internet.testing import MemoryReactor
+
+    from netproto.exec.transport import PipeWriter
+
+    readEnd, writeEnd = os.pipe()
+    os.set_blocking(readEnd, False)
+    os.set_blocking(writeEnd, False)
+    reactor = MemoryReactor()
+    writer = PipeWriter(reactor, writeEnd, lambda: None)
+    try:
+        writer.write(b"key")
+        assert os.read(readEnd, 10) == b"key"
+        assert writer not in reactor.getWriters()
+        big = os.urandom(1 << 20)
+        writer.write(big)
+        writer.write(b"after")
+        assert writer in reactor.getWriters()
+        received = b""
+        while writer in reactor.getWriters() or received[-5:] != b"after":
+            try:
+                received += os.read(readEnd, 1 << 20)
+            except BlockingIOError:
+                writer.doWrite()
+        assert received == big + b"after"
+        writer.write(b"again")
+        assert os.read(readEnd, 10) == b"again"
+    finally:
+        writer.abort()
+        os.close(readEnd)

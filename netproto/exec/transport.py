@@ -140,11 +140,20 @@ class PipeWriter(FileDescriptor):
     the command to read them: the client is then not read, and TCP tells it
     to slow down. When the command closes its stdin the producer is resumed
     and let go, never stopped: the connection outlives the command.
+
+    While nothing waits to be written, :meth:`write` writes at once (what the
+    pipe does not take is buffered, and every write after it too, until the
+    buffer has drained): a keystroke's trip then costs no reactor turn, and no
+    ``epoll_ctl`` to start and stop watching the descriptor. Whether anything
+    waits is known from ``startWriting`` and ``stopWriting``: ``FileDescriptor``
+    watches for writability exactly while it holds data.
     """
 
     #: Whether the descriptor is watched for its reader having closed it: a
     #: pipe's write end only "reads" as an error then.
     watchHangup = True
+    #: Whether the reactor is watching for writability: something is buffered.
+    _waiting = False
 
     def __init__(self, reactor: Any, fd: int, lost: Callable[[], None]) -> None:
         super().__init__(reactor)
@@ -163,6 +172,26 @@ class PipeWriter(FileDescriptor):
     def writeSomeData(self, data: bytes) -> int | BaseException:
         written: int | BaseException = fdesc.writeToFD(self.fd, data)
         return written
+
+    def startWriting(self) -> None:
+        self._waiting = True
+        super().startWriting()
+
+    def stopWriting(self) -> None:
+        self._waiting = False
+        super().stopWriting()
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` now if nothing waits before it; buffer what is left."""
+        if data and not self._waiting and self.connected and not self.disconnecting:
+            try:
+                written = os.write(self.fd, data)
+            except OSError:
+                written = 0  # full (EAGAIN), or broken: the buffered write says so
+            if written == len(data):
+                return
+            data = data[written:]
+        super().write(data)
 
     def _releaseProducer(self) -> None:
         producer, paused = self.producer, self.producerPaused
