@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.rediskit import LineClient, Redis, needsRedis, redisServer
-from tests.support import Twistd, runTwistd
+from tests.support import Twistd, runTwistd, waitUntil
 
 pytestmark = [needsRedis, pytest.mark.e2e, pytest.mark.slow]
 
@@ -105,9 +105,16 @@ def test_redis_stopped_and_restarted_the_cluster_says_so_and_converges(
             redis.start()
             for member in (one, two, near):
                 member.expect("*** cluster link restored", timeout=RECONNECT_DEADLINE)
-            two.send("/who")
-            who = two.expect("*** 3 in #lobby")
-            assert sorted(who.split(": ", 1)[1].split(", ")) == ["near", "one", "two"]
+
+            # Each server registers its members as its link comes back: until both
+            # have, /who may list fewer.
+            def whoWhenAllThree() -> str:
+                two.send("/who")
+                answer = two.expect("*** ")
+                return answer if answer.startswith("*** 3 in") else ""
+
+            listed = waitUntil(whoWhenAllThree, timeout=RECONNECT_DEADLINE, interval=0.25)
+            assert sorted(listed.split(": ", 1)[1].split(", ")) == ["near", "one", "two"]
             two.send("/nick one")
             assert two.expect("! ") == "! nick taken: one"
             two.send("back again")
