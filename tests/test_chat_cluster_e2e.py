@@ -182,9 +182,16 @@ def test_every_member_sees_each_senders_lines_in_order_once(
             sender.send(*(f"n{i}" for i in range(count)))
         views = {}
         for member in people + listeners:
-            got = member.sync("after")
-            views[member.nick] = got
             senders = [s for s in people if s is not member]
+            got: list[str] = []
+            waiting = {f"<{s.nick}> n{count - 1}" for s in senders}
+            while waiting:
+                line = member.line()
+                assert line is not None
+                got.append(line)
+                waiting.discard(line)
+            assert member.sync("after") == []  # nothing more: no line twice
+            views[member.nick] = got
             assert len(got) == count * len(senders)
             for sender in senders:
                 mine = [line for line in got if line.startswith(f"<{sender.nick}> ")]
