@@ -16,6 +16,7 @@ import pytest
 
 from tests.rediskit import LineClient, Redis, needsRedis, redisServer
 from tests.support import Twistd, runTwistd
+from tests.webkit import connectSocket, receiveUntil, welcomedAs
 
 pytestmark = [needsRedis, pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,14 +28,15 @@ def unique(prefix: str) -> str:
 
 
 def startCluster(stack: ExitStack, tmp: Path, redis: Redis, n: int) -> list[Twistd]:
+    """``n`` servers on one Redis; the first also serves the browser chat (--web)."""
     servers = []
     for i in range(n):
         home = tmp / f"server{i}"
         home.mkdir()
+        web = ("--web", "tcp:0:interface=127.0.0.1") if i == 0 else ("--web", "none")
+        served = ("chat", "web") if i == 0 else ("chat",)
         servers.append(
-            stack.enter_context(
-                runTwistd(home, "--chat-redis", redis.url, "--web", "none", services=("chat",))
-            )
+            stack.enter_context(runTwistd(home, "--chat-redis", redis.url, *web, services=served))
         )
     for server in servers:
         server.waitLog(r"cluster: joined as server")
@@ -42,11 +44,17 @@ def startCluster(stack: ExitStack, tmp: Path, redis: Redis, n: int) -> list[Twis
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    """The chat ports of three servers linked to one Redis."""
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Twistd]]:
+    """Three servers linked to one Redis."""
     tmp = tmp_path_factory.mktemp("cluster")
     with redisServer(tmp) as redis, ExitStack() as stack:
-        yield [s.port("chat") for s in startCluster(stack, tmp, redis, 3)]
+        yield startCluster(stack, tmp, redis, 3)
+
+
+@pytest.fixture
+def cluster(servers: list[Twistd]) -> list[int]:
+    """The chat ports of the three servers."""
+    return [s.port("chat") for s in servers]
 
 
 @pytest.fixture
@@ -227,3 +235,28 @@ def test_a_nick_claimed_on_two_servers_at_once_goes_to_exactly_one(
     finally:
         a.close()
         b.close()
+
+
+def test_a_browser_member_is_in_the_cluster_too(servers: list[Twistd]) -> None:
+    """A member over the web service's WebSocket on one server and a telnet member on
+    another share the cluster's nicks and rooms: each sees the other's nick change
+    and line."""
+    ws = connectSocket(servers[0].port("web"))
+    telnet = LineClient(servers[2].port("chat"))
+    try:
+        welcomedAs(receiveUntil(ws, "Welcome"))
+        room = unique("web")
+        ws.send(f"/join {room}")
+        receiveUntil(ws, f"has joined #{room}")
+        telnet.send(f"/join {room}")
+        telnet.expect(f"*** {telnet.nick} has joined #{room}")
+        browser = unique("browser")
+        ws.send(f"/nick {browser}")
+        assert telnet.until("***")[-1].endswith(f" is now known as {browser}")
+        telnet.send("hello browser")
+        assert receiveUntil(ws, "hello browser")[-1] == f"<{telnet.nick}> hello browser"
+        ws.send("hello telnet")
+        assert telnet.expect(f"<{browser}>") == f"<{browser}> hello telnet"
+    finally:
+        ws.close()
+        telnet.close()
