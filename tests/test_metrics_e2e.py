@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from contextlib import closing
 from pathlib import Path
@@ -126,6 +127,8 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
             text = scrape(server)
             # Prometheus asks for OpenMetrics when it can: the same numbers, its ending.
             assert scrape(server, "application/openmetrics-text").endswith("# EOF\n")
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"http://127.0.0.1:{server.port('metrics')}/", timeout=10)
 
         checked = subprocess.run(
             [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
