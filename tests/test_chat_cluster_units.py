@@ -382,3 +382,22 @@ def test_a_room_made_while_joining_the_cluster_is_subscribed_at_registration() -
     link.answer("heartbeat", [1, 0])
     assert link.answer("SUBSCRIBE") == (room("late"),)
     assert link.answer("claim", 1)[4:6] == ("late", "late")
+
+
+def test_a_redis_unreachable_from_the_start_is_a_lost_link() -> None:
+    """A server that is not in the cluster STARTUP_GRACE s after starting tells its
+    members ``*** cluster link lost`` (and those who come later, after their welcome),
+    and ``*** cluster link restored`` once it is in."""
+    server, link, clock = make()
+    early = Fake()
+    server.connect(early)
+    assert early.take()[0].startswith("*** Welcome")
+    clock.advance(cluster.STARTUP_GRACE)
+    assert early.take() == ["*** cluster link lost"]
+    late = Fake()
+    server.connect(late)
+    assert late.take()[1:] == ["*** cluster link lost"]
+    clock.advance(0)
+    assert early.take() == [f"*** {late.nick} has joined #lobby"]
+    bringUp(server, link)
+    assert early.take() == ["*** cluster link restored"]

@@ -55,7 +55,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -93,6 +93,12 @@ PRESENCE_TTL = 8.0
 #: Seconds a heartbeat may wait for its reply before the link is taken as dead
 #: (a Redis host that vanished without closing the connection).
 REPLY_TIMEOUT = 5.0
+
+#: Seconds after starting within which a server expects to have joined the cluster;
+#: past them its members are told ``*** cluster link lost`` (a Redis unreachable
+#: from the start is the same fault as one lost later) and hear ``restored`` once
+#: it is up. Long enough for a slow first connection, short for a person waiting.
+STARTUP_GRACE = 5.0
 
 #: Commands a member may have waiting behind one that waits for Redis. Flood
 #: control (40 lines at once) keeps an honest client far below; past it a line
@@ -153,6 +159,7 @@ class ClusterChatServer(ChatServer):
         self._linkedSince = 0.0
         self._beats: LoopingCall | None = None
         self._channel = _key("s:" + self.serverId)
+        self._startup: IDelayedCall | None = clock.callLater(STARTUP_GRACE, self._notYet)
 
     # -- the public methods, each a command of a member ------------------------------
 
@@ -483,6 +490,9 @@ class ClusterChatServer(ChatServer):
             await self._subscribe(roomKey)
         await self._beat()
         self.linked = True
+        if self._startup is not None and self._startup.active():
+            self._startup.cancel()
+        self._startup = None
         self._linkedSince = self.reactor.seconds()
         self._beats = LoopingCall(self._tick)
         self._beats.clock = self.reactor
@@ -497,6 +507,19 @@ class ClusterChatServer(ChatServer):
             self._lost = False
             for participant in list(self.members.values()):
                 self.send(participant, LINK_RESTORED)
+
+    def _notYet(self) -> None:
+        """Not in the cluster :data:`STARTUP_GRACE` s after starting: say so."""
+        self._startup = None
+        if not self.linked:
+            self.log.warn("cluster: no link to Redis yet; serving this server's members alone")
+            self._announceLost()
+
+    def _announceLost(self) -> None:
+        if not self._lost:
+            self._lost = True
+            for participant in list(self.members.values()):
+                self.send(participant, LINK_LOST)
 
     def _rejoinFailed(self, failure: Failure) -> None:
         if not failure.check(LinkDown):  # a reply that never came, say
@@ -538,10 +561,7 @@ class ClusterChatServer(ChatServer):
         for _, arrived in list(self._joining.values()):
             if not arrived.called:
                 arrived.errback(LinkDown())
-        if not self._lost:
-            self._lost = True
-            for participant in list(self.members.values()):
-                self.send(participant, LINK_LOST)
+        self._announceLost()
 
     def _tick(self) -> None:
         ensureDeferred(self._beat()).addErrback(self._beatFailed)
@@ -570,6 +590,10 @@ class ClusterChatServer(ChatServer):
     def stop(self) -> Deferred[Any]:
         """Leave the cluster (server shutdown): this server's members quit now, not
         once its presence expires."""
+        if self._startup is not None and self._startup.active():
+            self._startup.cancel()
+        if self._beats is not None and self._beats.running:
+            self._beats.stop()
         if not self.linked:
             stopped: Deferred[Any] = self.link.stop()
             return stopped
