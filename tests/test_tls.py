@@ -22,10 +22,17 @@ from typing import Any, cast
 
 import pytest
 from cryptography import x509
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from netproto.client.framed import ClientError
+from netproto.client.framed import HELLO_TIMEOUT, ClientError, connectFramed
 from netproto.client.pinning import CertificateRefused, KnownServers, PinningCreator
 from netproto.framing import FramedFactory
 from netproto.services import INetprotoService, ListeningService, ServerContext
@@ -400,3 +407,33 @@ def test_a_client_offering_alpn_completes_the_handshake(tlsServer: tuple[Twistd,
         with context.wrap_socket(raw) as sock:
             assert sock.selected_alpn_protocol() is None
             assert BlockingFramed(sock).recvJSON(b"H")["service"] == "exec"
+
+
+@implementer(IStreamClientEndpoint)
+class Silent:
+    """An endpoint to a server that never speaks first, as a TLS server waiting for
+    the client's handshake does."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8001))
+        assert protocol is not None
+        protocol.makeConnection(self.transport)
+        return succeed(protocol)
+
+
+def test_a_plaintext_client_at_a_tls_server_is_told_about_tls() -> None:
+    """No hello within HELLO_TIMEOUT: the client gives up with a message naming --tls,
+    and closes, instead of waiting out the server's login grace to say "closed"."""
+    clock, endpoint = Clock(), Silent()
+    d = ensureDeferred(connectFramed(endpoint, "exec", {"token": "t"}, clock))
+    clock.advance(HELLO_TIMEOUT - 0.1)
+    assert not d.called
+    clock.advance(0.1)
+    failure = d.result
+    d.addErrback(lambda _: None)
+    assert isinstance(failure, Failure) and isinstance(failure.value, ClientError)
+    assert "no hello from the server" in str(failure.value) and "--tls" in str(failure.value)
+    assert endpoint.transport.disconnecting

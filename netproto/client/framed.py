@@ -12,8 +12,14 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import TimeoutError as HelloTimeout
+from twisted.internet.interfaces import (
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -165,12 +171,23 @@ def _raiseServerError(frame: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     return frame
 
 
+#: Seconds the client waits for the hello, which a framed server sends as soon as
+#: a client connects. Longer means it is no framed server, or one behind TLS
+#: (``twistd netproto --tls``), which waits for the client to start TLS: without
+#: this the client waited out the server's 30 s login grace, then said "closed".
+HELLO_TIMEOUT = 15.0
+
+
 async def connectFramed(
-    endpoint: IStreamClientEndpoint, service: str, auth: Mapping[str, str]
+    endpoint: IStreamClientEndpoint,
+    service: str,
+    auth: Mapping[str, str],
+    clock: IReactorTime | None = None,
 ) -> FramedClient:
     """Connect, check the hello names ``service``, authenticate with ``auth``.
 
     :param auth: the ``A`` payload: ``{"token": ...}`` or ``{"user": ..., "password": ...}``.
+    :param clock: times :data:`HELLO_TIMEOUT` (default: the global reactor).
     :raises ClientError: with a message for the user on any failure.
     """
     try:
@@ -179,10 +196,20 @@ async def connectFramed(
         raise ClientError(f"cannot connect: {e}") from None
     assert isinstance(client, FramedClient)
     try:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        waiting = ensureDeferred(client.receiveJSON(b"H"))
         try:
-            hello = Hello.fromFields(await client.receiveJSON(b"H"))
+            hello = Hello.fromFields(await waiting.addTimeout(HELLO_TIMEOUT, clock))
         except ProtocolError as e:
             raise ClientError(f"protocol error: {e.message}") from None
+        except HelloTimeout:
+            raise ClientError(
+                f"no hello from the server within {HELLO_TIMEOUT:g} s: not a netproto "
+                "framed service, or one run with twistd netproto --tls (then add --tls)"
+            ) from None
         if hello.service != service:
             raise ClientError(
                 f"that port serves {hello.service!r}, not {service!r}: wrong --server port?"
