@@ -58,6 +58,7 @@ def page(browser: Any) -> Iterator[Any]:
             browser.switch_to.window(handle)
             browser.close()
     browser.switch_to.window(first)
+    browser.set_window_size(1000, 700)
 
 
 def openPage(driver: Any, port: int) -> str:
@@ -72,6 +73,16 @@ def openPage(driver: Any, port: int) -> str:
 def rename(driver: Any, nick: str) -> None:
     typeLine(driver, f"/nick {nick}")
     waitFor(driver, lambda d: shownNick(d) == nick)
+
+
+def box(driver: Any, selector: str) -> list[float]:
+    """The element's left, top, right and bottom on the page."""
+    edges: list[float] = driver.execute_script(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        "return [r.left, r.top, r.right, r.bottom];",
+        selector,
+    )
+    return edges
 
 
 def shown(driver: Any, selector: str) -> list[str]:
@@ -215,3 +226,29 @@ def test_the_page_reconnects_after_the_server_restarts(page: Any, tmp_path: Path
         finally:
             tel.close()
     assert "*** disconnected" in logLines(page)
+
+
+def test_the_page_fits_a_phone_and_works_from_the_keyboard(page: Any, server: Twistd) -> None:
+    """At a phone's width the side panel goes under the messages and nothing is wider
+    than the screen; Tab reaches the nick form from the message box, and Enter there
+    changes the nick, with no mouse."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    openPage(page, server.port("web"))
+    page.set_window_size(390, 800)
+    waitFor(page, lambda d: box(d, "#side")[1] >= box(d, "#talk")[3] - 1)
+    width = page.execute_script("return document.documentElement.clientWidth;")
+    assert page.execute_script("return document.documentElement.scrollWidth;") <= width
+    assert box(page, "#input")[2] <= width
+    assert page.switch_to.active_element.get_attribute("id") == "input"  # autofocus
+    keys = ActionChains(page)
+    for _ in range(2):  # past the Send button, to the nick field
+        keys.send_keys(Keys.TAB)
+    keys.perform()
+    assert page.switch_to.active_element.get_attribute("id") == "nick-input"
+    ActionChains(page).key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(
+        "thumbs", Keys.ENTER
+    ).perform()
+    waitFor(page, lambda d: shownNick(d) == "thumbs")
+    assert page.switch_to.active_element.get_attribute("id") == "input"

@@ -347,3 +347,17 @@ def test_http_connections_count_against_the_chat_s_caps(tmp_path: Path) -> None:
             full = RawSocketMember(port)
             stack.callback(full.sock.close)
             assert full.receiveUntil(r"^!")[-1] == "! server full"
+
+
+def test_browser_members_are_swept_by_the_chat_s_idle_timeout(tmp_path: Path) -> None:
+    """A browser member is a chat member: --chat-idle-timeout dismisses a quiet one as
+    it does a telnet member (the error line, then the close), logged as such."""
+    with runTwistd(tmp_path, "--chat-idle-timeout", "1", services=("chat", "web")) as server:
+        ws = connectSocket(server.port("web"))
+        try:
+            quiet = welcomedAs(receiveUntil(ws, r"Welcome"))
+            assert receiveUntil(ws, r"^! idle")[-1] == "! idle for 1 s; disconnecting"
+            assert closeCode(ws) == 1000
+            server.waitLog(rf"\({quiet}\) disconnected: idle timeout")
+        finally:
+            ws.shutdown()
