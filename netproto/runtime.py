@@ -149,6 +149,24 @@ def handOver(root: Path, user: RunAs) -> int:
     return changed
 
 
+def closedTo(path: Path, user: RunAs) -> Path | None:
+    """The first directory above ``path`` that ``user`` may not enter (by its mode
+    bits, for the user, its group or its supplementary groups), or None."""
+    groups = set(os.getgrouplist(user.name, user.gid)) if user.name != str(user.uid) else set()
+    groups.add(user.gid)
+    for parent in reversed(path.resolve().parents):
+        info = parent.stat()
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            return parent
+    return None
+
+
 class HandOver(Service):
     """The last service of a server that drops root: hands its data dir over
     (:func:`handOver`) once every other service has started as root."""
@@ -160,6 +178,16 @@ class HandOver(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         changed = handOver(self.root, self.user)
+        closed = closedTo(self.root, self.user)
+        if closed is not None:
+            log.warn(
+                "netproto: {user} may not enter {closed}, above the data dir {root}: "
+                "what the server opens there by name once it runs as {user} will fail "
+                "(give a --data-dir it can reach, e.g. /var/lib/netproto)",
+                user=self.user.name,
+                closed=str(closed),
+                root=str(self.root),
+            )
         log.info(
             "netproto: runs as {user} (uid {uid}, gid {gid}) once its ports are bound; "
             "{root} is its own ({changed} entries handed over)",

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from netproto.runtime import RunAs, handOver, plannedDrop
+from netproto.runtime import RunAs, closedTo, handOver, plannedDrop
 from tests.support import NETPROTO, TWISTD, runTwistd, twistdEnv, waitUntil
 
 USER, GROUP = "nobody", "nogroup"
@@ -159,3 +159,21 @@ def test_a_server_started_as_root_runs_as_the_user(reachable: Path) -> None:
         finally:
             sleeper.kill()
             sleeper.wait(10)
+
+
+@asRoot
+def test_a_data_dir_the_user_cannot_reach_is_named(reachable: Path) -> None:
+    """Under a directory closed to the user (root's home, pytest's temporary
+    directories), the first closed directory is found, for the start-up warning;
+    one the user owns, or may enter through its group, is open."""
+    user = RunAs.of(pwd.getpwnam(USER).pw_uid, grp.getgrnam(GROUP).gr_gid)
+    closed = reachable / "closed"
+    (closed / "data").mkdir(parents=True)
+    closed.chmod(0o700)
+    assert closedTo(closed / "data", user) == closed
+    os.chown(closed, 0, user.gid)
+    closed.chmod(0o710)
+    assert closedTo(closed / "data", user) is None
+    os.chown(closed, user.uid, 0)
+    closed.chmod(0o700)
+    assert closedTo(closed / "data", user) is None
