@@ -416,7 +416,9 @@ async def test_a_guardian_that_dies_is_replaced_and_one_let_go_is_reaped(tmp_pat
         await eventually(lambda: guardian.pid not in (None, first), timeout=10)
         second = guardian.pid
         assert second is not None
-        assert "netproto.exec.guardian" in psutil.Process(second).cmdline()
+        # Its command line shows once its exec has set it up (posix_spawn
+        # returns as the exec begins).
+        await eventually(lambda: "netproto.exec.guardian" in psutil.Process(second).cmdline())
     await eventually(lambda: not psutil.pid_exists(second), timeout=10)
     assert not psutil.pid_exists(first)
 

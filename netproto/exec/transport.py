@@ -21,6 +21,14 @@ both output pipes are closed). What it does differently, and why:
 
 Pausing (:meth:`CommandTransport.pauseProducing`) stops reading both output
 pipes; the command then blocks once its pipe is full: backpressure.
+
+A command on a terminal (PROTOCOL.md section 5) is driven the same way: its
+one output is the terminal's master end (read by a :class:`PipeReader`, paused
+the same way), its keys go to a second descriptor of it (a
+:class:`TerminalWriter`); what differs is said where it differs: ``C`` writes
+the end-of-file character, signals go to the terminal's foreground group,
+``W`` resizes it, and the reaper ends the command's whole session (each job
+of an interactive shell is a group of its own) with a hang-up first.
 """
 
 from __future__ import annotations
