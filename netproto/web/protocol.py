@@ -199,10 +199,13 @@ class FrameSender:
 
 
 class MessageTransport:
-    """What the chat member writes to: its lines become text messages of ``socket``.
+    """The chat member's transport: its lines become text messages of ``socket``.
 
-    Just enough of ``ITransport`` for :class:`~netproto.chat.protocol.ChatProtocol`
-    and its writer, which see a transport whose buffer cannot be read (as over TLS).
+    Just enough of ``ITransport`` for :class:`~netproto.chat.protocol.ChatProtocol`:
+    its welcome (or the ``! server full`` refusal) is written here, its close and
+    abort act on the WebSocket. The chat's writer registers itself as a producer
+    and is never paused: once the member is welcomed, :class:`FrameSender` is its
+    sender and the connection's own writer bounds what is queued.
     """
 
     __slots__ = ("connected", "disconnecting", "producer", "socket")
