@@ -31,9 +31,10 @@ reactor). A scrape costs the reactor well under a millisecond, every 15 s.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Final
 
@@ -89,8 +90,7 @@ def _count(value: Any) -> int:
 class EventCounts:
     """The counters the log events make: a ``twisted.logger`` observer.
 
-    Each counter is a :class:`~collections.Counter` keyed by label values;
-    :meth:`snapshot` copies them.
+    Each counter is a :class:`~collections.Counter` keyed by label values.
     """
 
     connections: Counter[str] = field(default_factory=Counter)
@@ -167,10 +167,6 @@ class EventCounts:
         elif what.startswith("refused (") and what.endswith(")"):
             self.refusals[service, what[len("refused (") : -1]] += n
 
-    def snapshot(self) -> EventCounts:
-        """A copy, for reading while the original keeps counting."""
-        return EventCounts(**{f.name: Counter(getattr(self, f.name)) for f in fields(self)})
-
 
 #: The format strings of the events counted (as the services write them; the
 #: end-to-end test in tests/test_metrics_e2e.py fails when one changes).
@@ -232,9 +228,10 @@ def collect(counts: EventCounts, services: Iterable[ListeningService]) -> list[M
 
     Call it on the reactor thread (it reads the services' live state).
     """
-    from netproto.exec.server import ExecFactory  # exec is heavy; only when served
+    # exec's factory class, if exec is loaded: a server without exec never imports it.
+    execServer = sys.modules.get("netproto.exec.server")
+    execFactory = execServer.ExecFactory if execServer is not None else ()
 
-    counts = counts.snapshot()
     chatLines: Counter[str] = Counter()
     chatBytes: Counter[str] = Counter()
     rooms: Counter[str] = Counter()
@@ -254,7 +251,7 @@ def collect(counts: EventCounts, services: Iterable[ListeningService]) -> list[M
             openConnections[name] += max(
                 0, counts.sessionsOpened[name] - counts.sessionsClosed[name]
             )
-        if isinstance(built, ExecFactory):
+        if isinstance(built, execFactory):
             running[name] += len(built.commands)
             for key, value in built.exits.items():
                 exits[name, exitOutcome(key)] += value
