@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from netproto.codec import encodeFrame, encodeJSON
 from netproto.testing import FramedPeer, makeContext, readToken
 from netproto.upload.quota import Quotas
 from netproto.upload.server import UploadFactory, uploadDirectory
@@ -51,6 +52,21 @@ def put(peer: FramedPeer, name: str, data: bytes, chunk: int = 200_000) -> dict[
         peer.send(b"D", data[i : i + chunk])
     peer.sendJSON(b"F", {"sha256": sha(data)})
     return peer.expectJSON(b"K")
+
+
+def pipelined(
+    files: list[tuple[str, bytes]], sizes: dict[str, int] | None = None, chunk: int = 65536
+) -> bytes:
+    """The bytes a pipelining client sends for ``files``: each one's P, D
+    frames and F, with no wait (``sizes`` announces other sizes than the data's)."""
+    wire = bytearray()
+    for name, data in files:
+        size = (sizes or {}).get(name, len(data))
+        wire += encodeFrame(b"P", encodeJSON({"name": name, "size": size}))
+        for i in range(0, len(data), chunk):
+            wire += encodeFrame(b"D", data[i : i + chunk])
+        wire += encodeFrame(b"F", encodeJSON({"sha256": sha(data)}))
+    return bytes(wire)
 
 
 def listing(

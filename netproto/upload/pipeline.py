@@ -21,7 +21,8 @@ holds, for the wire class's flow control.
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol, TypeVar
+from collections import deque
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -39,6 +40,8 @@ class Upload:
 
     __slots__ = (
         "abandoned",
+        "answered",
+        "answers",
         "flushing",
         "gather",
         "hashing",
@@ -54,6 +57,7 @@ class Upload:
         "reservation",
         "resume",
         "segments",
+        "sha256",
         "size",
         "unflushed",
         "writing",
@@ -94,6 +98,13 @@ class Upload:
         #: released without being stored: whatever is still queued for it
         #: must not store it
         self.abandoned = False
+        #: the digest of the client's F, once it came (maybe before the open ended)
+        self.sha256: str | None = None
+        #: what the connection still has to answer for it, in order: a reply
+        #: (``K``) or a refusal (a ProtocolError)
+        self.answers: deque[dict[str, Any] | ProtocolError] = deque()
+        #: its last answer is known (``K stored`` or an ``E``)
+        self.answered = False
 
 
 class PipelineOwner(Protocol):
@@ -176,11 +187,14 @@ class Pipeline:
         d = self.writer.run(_begin, self.quotas, self.store, user, upload, now)
         return d.addCallback(self._opened, upload)
 
-    @staticmethod
-    def _opened(opened: tuple[Reservation, PartialFile], upload: Upload) -> int:
+    def _opened(self, opened: tuple[Reservation, PartialFile], upload: Upload) -> int:
         upload.reservation, upload.partial = opened
-        upload.offset = upload.received = upload.partial.offset
-        upload.receiving = True
+        upload.offset = upload.partial.offset
+        # A pipelining client's data may have come before the open ended.
+        upload.received += upload.offset
+        upload.receiving = not upload.abandoned
+        if upload.receiving and upload.pendingBytes >= self.writeThreshold:
+            self._batch(upload)
         return upload.offset
 
     def add(self, upload: Upload, piece: bytes | memoryview) -> None:
@@ -199,8 +213,10 @@ class Pipeline:
             if len(gather) >= self.gatherSize:
                 upload.gather = None
         upload.pendingBytes += n
-        if upload.pendingBytes >= self.writeThreshold and (
-            upload.pendingBytes >= self.batchSize or upload.writing == upload.hashing == 0
+        if (
+            upload.receiving  # else not open yet (pipelined): batched once it is
+            and upload.pendingBytes >= self.writeThreshold
+            and (upload.pendingBytes >= self.batchSize or upload.writing == upload.hashing == 0)
         ):
             self._batch(upload)
 

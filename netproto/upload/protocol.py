@@ -1,41 +1,60 @@
-"""The upload protocol (PROTOCOL.md section 4) on the framed base.
+"""The upload protocol (PROTOCOL.md sections 4 and 6) on the framed base.
 
 This is the wire class: it turns ``P``, ``D`` and ``F`` frames into calls on
 the connection's :class:`~netproto.upload.pipeline.Pipeline` (which opens,
 writes, hashes, flushes and renames off the reactor thread), and their
-results into ``K`` and ``E`` frames. It never touches the disk.
+results into ``K`` and ``E`` frames; ``L`` and ``G`` into streamed answers
+(:mod:`netproto.upload.outflow`, :mod:`netproto.upload.listing`). It never
+touches the disk.
 
-Where one file is in its life is one table, :data:`PHASES`: every phase
-change goes through it, and the frames valid in a phase are the ones it
-lists for that phase (anything else is ``bad-frame``). An error while data
-flows (``size-mismatch`` for too many bytes, ``no-space``) is sent at once;
-the rest of that file's ``D`` frames and its ``F`` are then ignored (the
-client may have pipelined them), and the connection stays usable for the
-next ``P``. Every refusal and error of this service is non-fatal except
-``bad-frame`` (a frame not valid in the current phase, a malformed ``P`` or
-``F``).
+Where the *current* file (the one the client's ``D`` and ``F`` frames are
+for) is in its life is one table, :data:`PHASES`: every phase change goes
+through it, and the frames valid in a phase are the ones it lists for that
+phase (anything else is ``bad-frame``). Once its ``F`` has come, a file is
+no longer current: it is finished (checked, made durable, renamed) in the
+background while the client goes on with the next ``P``.
+
+Pipelining (feature ``pipeline``, PROTOCOL.md section 6): a client may send
+a file's ``P``, ``D`` frames and ``F`` without waiting for ``K ready``, and
+the next ``P`` without waiting for ``K stored``. Data that comes while its
+file is being opened waits with it; each file's answers (``K ready`` or an
+``E``, then ``K stored`` or an ``E``) are queued with the file and sent in
+the order of the files (:attr:`UploadProtocol.flight`), whatever order the
+disk finishes them in. After a refusal or an error the rest of that file's
+``D`` frames and its ``F`` are dropped, and the connection stays usable:
+every refusal and error of this service is non-fatal except ``bad-frame``
+(a frame not valid in the current phase, a malformed request) and
+``frame-too-large``. At most :data:`MAX_IN_FLIGHT` files are in flight on
+a connection (from their ``P`` to their last answer); a ``P`` beyond that,
+and an ``L`` or a ``G`` while uploads are unanswered, waits with everything
+after it in :attr:`UploadProtocol.backlog`, reading stopped, until its turn.
+Small files finishing together are made durable together (a group commit:
+:meth:`Pipeline.finish <netproto.upload.pipeline.Pipeline.finish>`); no
+``K stored`` is sent before its file and its directory entry are on disk.
 
 Flow control: the bytes received but not yet both hashed and written
-(:meth:`Pipeline.queued <netproto.upload.pipeline.Pipeline.queued>`) are
-counted; above :attr:`UploadProtocol.highWater` the transport is paused, and
-resumed once the pipeline is back under :attr:`UploadProtocol.lowWater`, so
-the server's memory stays bounded however fast the client sends.
+(:meth:`Pipeline.queued <netproto.upload.pipeline.Pipeline.queued>`, for
+every file in flight) are counted; above :attr:`UploadProtocol.highWater`
+the transport is paused, and resumed once the pipeline is back under
+:attr:`UploadProtocol.lowWater`, so the server's memory stays bounded
+however fast the client sends. The backlog holds at most what one read
+brought (reading stops as soon as it is not empty).
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
 from netproto.codec import decodeJSON, encodeJSON
 from netproto.errors import ProtocolError
-from netproto.framing import FramedProtocol
+from netproto.framing import FramedProtocol, State
 from netproto.upload.listing import Listing, Source
 from netproto.upload.names import splitName
 from netproto.upload.outflow import BATCH_FRAMES, Batch, Outflow
@@ -47,32 +66,35 @@ if TYPE_CHECKING:
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 
+#: Files a connection has in flight at most (from their P to their last
+#: answer): each holds an open partial file and its directory (two
+#: descriptors), up to a batch of received data, and one of its user's
+#: parallel uploads (``--upload-max-per-user``, which lowers this when it is
+#: smaller). Four keep the disk busy while the client streams the next ones.
+MAX_IN_FLIGHT: Final = 4
+
 
 class Phase(enum.Enum):
-    """Where the current file of a connection is."""
+    """Where the current file of a connection is (or what the connection answers)."""
 
-    IDLE = "idle"  # waiting for a P
-    OPENING = "opening"  # P accepted; its partial file is being opened
-    RECEIVING = "receiving"  # K ready sent: D frames, then F
-    DISCARDING = "discarding"  # an E was sent mid-file: its D frames and F are dropped
-    FINISHING = "finishing"  # F received: last writes, checks, fsync, rename
+    IDLE = "idle"  # waiting for a P (or an L, a G)
+    OPENING = "opening"  # P accepted; its partial file is being opened (D frames wait)
+    RECEIVING = "receiving"  # opened: D frames, then F
+    DISCARDING = "discarding"  # refused or failed: its D frames and F are dropped
     LISTING = "listing"  # L received: I frames, then K listed (or an E)
     SENDING = "sending"  # G received: K sending, D frames, then F (or an E)
 
 
 class Step(enum.Enum):
-    """What moves a file from phase to phase, besides the client's frames."""
+    """What moves the current file from phase to phase, besides the client's frames."""
 
     #: its partial file is open: ``K ready``
     OPENED = "opened"
     #: its ``P`` was refused (``invalid-name``, ``too-large``, ``busy``,
-    #: ``exists``, ``no-space``...): that ``E`` is sent
+    #: ``exists``, ``no-space``...)
     REFUSED = "refused"
-    #: an error after ``K ready`` (too many bytes, a failed write, a failed
-    #: check at ``F``): that ``E`` is sent and its data removed
+    #: an error while its data came (too many bytes, a failed write)
     FAILED = "failed"
-    #: ``K stored`` is sent
-    STORED = "stored"
     #: the answer to an ``L`` or a ``G`` ended (its last frame, or an ``E``)
     ANSWERED = "answered"
     #: the connection is gone
@@ -81,8 +103,10 @@ class Step(enum.Enum):
 
 #: Every phase change of a connection's current file, and the frames valid in
 #: each phase (a frame type not listed for the phase is ``bad-frame``).
-#: ``D`` in RECEIVING stays there without a change; a ``P`` while discarding
-#: starts the next file (the client gave up the failed one without its F).
+#: ``D`` while opening or receiving stays there; ``F`` hands the file to the
+#: background (its checks, flush and rename) and the connection is free for
+#: the next ``P``; a ``P`` while discarding starts the next file (the client
+#: gave up the failed one without its F).
 PHASES: Final[Mapping[Phase, Mapping[bytes | Step, Phase]]] = {
     Phase.IDLE: {
         b"P": Phase.OPENING,
@@ -90,10 +114,17 @@ PHASES: Final[Mapping[Phase, Mapping[bytes | Step, Phase]]] = {
         b"G": Phase.SENDING,
         Step.LOST: Phase.IDLE,
     },
-    Phase.OPENING: {Step.OPENED: Phase.RECEIVING, Step.REFUSED: Phase.IDLE, Step.LOST: Phase.IDLE},
+    Phase.OPENING: {
+        b"D": Phase.OPENING,
+        b"F": Phase.IDLE,
+        Step.OPENED: Phase.RECEIVING,
+        Step.REFUSED: Phase.DISCARDING,
+        Step.FAILED: Phase.DISCARDING,
+        Step.LOST: Phase.IDLE,
+    },
     Phase.RECEIVING: {
         b"D": Phase.RECEIVING,
-        b"F": Phase.FINISHING,
+        b"F": Phase.IDLE,
         Step.FAILED: Phase.DISCARDING,
         Step.LOST: Phase.IDLE,
     },
@@ -105,7 +136,6 @@ PHASES: Final[Mapping[Phase, Mapping[bytes | Step, Phase]]] = {
         b"G": Phase.SENDING,
         Step.LOST: Phase.IDLE,
     },
-    Phase.FINISHING: {Step.STORED: Phase.IDLE, Step.FAILED: Phase.IDLE, Step.LOST: Phase.IDLE},
     # A client waits for the end of an answer before its next request.
     Phase.LISTING: {Step.ANSWERED: Phase.IDLE, Step.LOST: Phase.IDLE},
     Phase.SENDING: {Step.ANSWERED: Phase.IDLE, Step.LOST: Phase.IDLE},
@@ -127,7 +157,7 @@ def _countField(request: Mapping[str, Any], key: str, frame: str) -> int:
 
 
 class UploadProtocol(FramedProtocol):
-    """One upload connection: files one after another, ``P``, ``D``..., ``F``."""
+    """One upload connection: files one after another (or pipelined), listings, downloads."""
 
     serviceName = "upload"
     factory: UploadFactory
@@ -142,12 +172,21 @@ class UploadProtocol(FramedProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.phase = Phase.IDLE
+        #: the current file: the one the client's D and F frames are for
         self.upload: Upload | None = None
         #: the way to the disk (set once authenticated)
         self.pipeline: Pipeline | None = None
         #: the answer to an L or a G being sent
         self.outflow: Outflow | None = None
+        #: files from their P to their last answer, in the order of their P
+        self.flight: deque[Upload] = deque()
+        #: frames that wait for their turn (a P past MAX_IN_FLIGHT files, an L
+        #: or a G while uploads are unanswered), and every frame after them
+        self.backlog: deque[tuple[bytes, bytes]] = deque()
+        self._replaying = False
+        #: reading paused for flow control, and whether it is paused at all
         self._paused = False
+        self._readingStopped = False
 
     def authenticated(self) -> None:
         factory = self.factory
@@ -168,9 +207,52 @@ class UploadProtocol(FramedProtocol):
             raise RuntimeError(f"no upload phase change from {self.phase} on {trigger}")
         self.phase = phase
 
-    # -- frames ------------------------------------------------------------------
+    # -- frames that wait for their turn ------------------------------------------
 
-    def putReceived(self, payload: bytes) -> Deferred[Any]:
+    @property
+    def maxInFlight(self) -> int:
+        """:data:`MAX_IN_FLIGHT`, or the user's cap on parallel uploads if lower."""
+        cap = self.factory.quotas.maxParallel
+        return min(MAX_IN_FLIGHT, cap) if cap else MAX_IN_FLIGHT
+
+    def _mustWait(self, kind: bytes) -> bool:
+        if kind == b"P":
+            return len(self.flight) >= self.maxInFlight
+        if kind in {b"L", b"G"}:
+            return bool(self.flight)  # the uploads' answers come first
+        return False
+
+    def frameReceived(self, kind: bytes, payload: bytes) -> None:
+        if (
+            self.state is State.READY
+            and not self._replaying
+            and (self.backlog or self._mustWait(kind))
+        ):
+            self.backlog.append((kind, payload))
+            self._setReading()
+            return
+        super().frameReceived(kind, payload)
+
+    def _replay(self) -> None:
+        """Handle the waiting frames whose turn has come, in order."""
+        if self._replaying:
+            return
+        self._replaying = True
+        try:
+            while (
+                self.backlog
+                and self.state is State.READY
+                and not self._mustWait(self.backlog[0][0])
+            ):
+                kind, payload = self.backlog.popleft()
+                super().frameReceived(kind, payload)
+        finally:
+            self._replaying = False
+        self._setReading()
+
+    # -- P, D, F: uploads ------------------------------------------------------------
+
+    def putReceived(self, payload: bytes) -> None:
         """``P``: check the request, then open the partial file off the reactor."""
         if b"P" not in PHASES[self.phase]:
             self._nextPhase(b"P")  # bad-frame
@@ -180,51 +262,60 @@ class UploadProtocol(FramedProtocol):
         size = _countField(request, "size", "P")
         overwrite, resume = _boolField(request, "overwrite"), _boolField(request, "resume")
         self._nextPhase(b"P")  # a P while discarding ends the failed file
-        self.upload = None
         name = request.get("name")
+        upload = Upload(name if isinstance(name, str) else repr(name), (), size, overwrite, resume)
+        self.upload = upload
+        self.flight.append(upload)
         try:
-            segments = splitName(name)
-            assert isinstance(name, str)
+            upload.segments = splitName(name)
             maxSize = self.factory.maxSize
             if maxSize and size > maxSize:
                 raise ProtocolError(
                     "too-large", f"{name}: {size} bytes is over the limit of {maxSize} bytes"
                 )
-        except ProtocolError:
-            self._nextPhase(Step.REFUSED)
-            raise
-        upload = Upload(name, segments, size, overwrite, resume)
-        self.upload = upload
+        except ProtocolError as e:
+            self._refuse(upload, e)
+            return
         assert self.pipeline is not None
         d = self.pipeline.open(upload, self._user(), self.factory.context.reactor.seconds())
         d.addCallbacks(self._opened, self._openFailed, (upload,), {}, (upload,))
-        return d
+        d.addErrback(self._handlerFailed)
 
     def _opened(self, offset: int, upload: Upload) -> None:
-        if self.upload is not upload:
+        assert self.pipeline is not None
+        if upload.abandoned:
             # The connection went away meanwhile: keep only data kept before.
-            assert self.pipeline is not None
             assert upload.partial is not None
             self.pipeline.release(upload, keep=upload.resume and upload.partial.written > 0)
             return
-        self._nextPhase(Step.OPENED)
+        if self.upload is upload:
+            self._nextPhase(Step.OPENED)
         # One line per stored file is the audit trail; a line per start only
         # for resumes (a log event costs as much as a small file's syscalls).
         if offset:
             self._logFrom("resumes", upload.name, upload.size, offset)
-        self._reply({"offset": offset})
+        self._answer(upload, {"offset": offset})
+        if upload.sha256 is not None:
+            self._finish(upload)  # its F came while it was being opened
 
     def _openFailed(self, failure: Failure, upload: Upload) -> None:
         failure.trap(ProtocolError)
+        if not upload.abandoned:
+            self._refuse(upload, failure.value)  # type: ignore[arg-type]
+
+    def _refuse(self, upload: Upload, error: ProtocolError) -> None:
+        """``upload`` is refused: its answer is ``error``, and what comes of it is dropped."""
         if self.upload is upload:
             self.upload = None
             self._nextPhase(Step.REFUSED)
-            self.fail(failure.value)  # type: ignore[arg-type]
+        assert self.pipeline is not None
+        self.pipeline.release(upload, keep=False)
+        self._answer(upload, error, last=True)
 
     def dataFrameReceived(self, payload: bytes | memoryview) -> None:
         """``D`` (streamed: called for each piece of a frame as it arrives):
         count, queue for the pipeline, and pause the client if it is ahead."""
-        if self.phase is not Phase.RECEIVING:
+        if self.phase is not Phase.RECEIVING and self.phase is not Phase.OPENING:
             self._nextPhase(b"D")  # discarding (or bad-frame)
             return
         upload = self.upload
@@ -242,8 +333,9 @@ class UploadProtocol(FramedProtocol):
         self.pipeline.add(upload, payload)
         self._updateFlow()
 
-    def finishReceived(self, payload: bytes) -> Deferred[Any] | None:
-        """``F``: the file is checked, synced and renamed, and ``K stored`` follows."""
+    def finishReceived(self, payload: bytes) -> None:
+        """``F``: the file is checked, synced and renamed in the background, and
+        ``K stored`` follows in its turn; the client may send the next ``P``."""
         if b"F" not in PHASES[self.phase]:
             self._nextPhase(b"F")  # bad-frame
         request = decodeJSON(payload)
@@ -252,22 +344,25 @@ class UploadProtocol(FramedProtocol):
             raise ProtocolError("bad-frame", "F: 'sha256' must be 64 hexadecimal digits")
         discarding = self.phase is Phase.DISCARDING
         self._nextPhase(b"F")
-        if discarding:
-            return None
-        upload = self.upload
-        assert upload is not None
+        upload, self.upload = self.upload, None
+        if discarding or upload is None:
+            return
+        upload.sha256 = sha256.lower()
+        if upload.receiving:
+            self._finish(upload)
+        # else it is being opened: finished once it is (_opened)
+
+    def _finish(self, upload: Upload) -> None:
         assert self.pipeline is not None
-        d = self.pipeline.finish(upload, sha256.lower())
+        assert upload.sha256 is not None
+        d = self.pipeline.finish(upload, upload.sha256)
         d.addCallbacks(self._stored, self._finishFailed, (upload,), {}, (upload,))
-        return d
+        d.addErrback(self._handlerFailed)
 
     def _stored(self, digest: str, upload: Upload) -> None:
-        if self.upload is upload:
-            self.upload = None
-            self._nextPhase(Step.STORED)
-        self._reply({"name": upload.name, "size": upload.size, "sha256": digest})
-        # Logged once the reply is on its way: the client's turnaround hides
-        # some of the line's cost (about a small file's own syscalls).
+        self._answer(
+            upload, {"name": upload.name, "size": upload.size, "sha256": digest}, last=True
+        )
         self.log.info(
             "upload: {peer} ({user}) stored {name} ({size} bytes, sha256 {sha256})",
             peer=self.peer,
@@ -280,8 +375,51 @@ class UploadProtocol(FramedProtocol):
 
     def _finishFailed(self, failure: Failure, upload: Upload) -> None:
         failure.trap(ProtocolError)
-        self.dataFailed(upload, failure.value)  # type: ignore[arg-type]
+        assert self.pipeline is not None
+        self.pipeline.release(upload, keep=False)
+        self._answer(upload, failure.value, last=True)  # type: ignore[arg-type]
         self._updateFlow()
+
+    def _abort(self, upload: Upload, error: ProtocolError) -> None:
+        """End the current file with ``error`` and remove its data; the
+        connection stays usable."""
+        if self.upload is upload:
+            self.upload = None
+            self._nextPhase(Step.FAILED)
+        assert self.pipeline is not None
+        self.pipeline.release(upload, keep=False)
+        self._answer(upload, error, last=True)
+
+    # -- answers, in the order of the files ------------------------------------------
+
+    def _answer(
+        self, upload: Upload, answer: Mapping[str, Any] | ProtocolError, last: bool = False
+    ) -> None:
+        """Queue ``answer`` (a ``K`` payload or an ``E``) for ``upload``; send
+        whatever is due. A file that already had its last answer gets no more."""
+        if upload.answered:
+            return
+        upload.answers.append(answer if isinstance(answer, ProtocolError) else dict(answer))
+        upload.answered = last
+        self._sendAnswers()
+
+    def _sendAnswers(self) -> None:
+        """Send the answers of the files in flight, oldest file first; a file
+        leaves the flight with its last answer, and waiting frames may go on."""
+        flight = self.flight
+        while flight:
+            head = flight[0]
+            while head.answers:
+                answer = head.answers.popleft()
+                if isinstance(answer, ProtocolError):
+                    self.fail(answer)
+                else:
+                    self._reply(answer)
+            if not head.answered:
+                break
+            flight.popleft()
+        if self.backlog:
+            self._replay()
 
     # -- L and G: reading back (PROTOCOL.md section 6) --------------------------------
 
@@ -403,9 +541,9 @@ class UploadProtocol(FramedProtocol):
     # -- what the pipeline reports (PipelineOwner) -----------------------------------
 
     def dataFailed(self, upload: Upload, error: ProtocolError) -> None:
-        """A write or the final checks of ``upload`` failed: if it is still the
-        current file, it ends with ``error``."""
-        if self.upload is upload:
+        """A write of ``upload``'s data failed: it ends with ``error`` (the
+        cause, rather than what its finish would then find: a short file)."""
+        if not upload.answered:
             self._abort(upload, error)
 
     def progressed(self) -> None:
@@ -417,78 +555,87 @@ class UploadProtocol(FramedProtocol):
     # -- replies -------------------------------------------------------------------
 
     def _reply(self, obj: Mapping[str, Any]) -> None:
-        """Send ``K`` (at once: see :meth:`FramedProtocol.sendFrame`); the client
-        waits for it before its next step."""
+        """Send ``K`` (at once: see :meth:`FramedProtocol.sendFrame`)."""
         self.sendJSON(b"K", obj)
 
-    # -- ending a file early ------------------------------------------------------
-
-    def _abort(self, upload: Upload, error: ProtocolError) -> None:
-        """Answer the current file with ``error`` and remove its data; the
-        connection stays usable."""
-        self.upload = None
-        self._nextPhase(Step.FAILED)
-        assert self.pipeline is not None
-        self.pipeline.release(upload, keep=False)
-        self.fail(error)
-
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        upload, phase = self.upload, self.phase
+        current, phase = self.upload, self.phase
         self.upload = None
+        self._nextPhase(Step.LOST)
         if self.outflow is not None:
             self.outflow.stop()
             self.outflow = None
-        self._nextPhase(Step.LOST)
-        if upload is not None and upload.partial is not None:
+        self.backlog.clear()
+        for upload in self.flight:
+            if upload.answered:
+                continue
+            # Not stored unless it already is: the client would never hear of
+            # it (a group commit or a rename already under way completes).
             assert self.pipeline is not None
             # Kept for a resume only when it was asked for and nothing went wrong.
-            self.pipeline.release(upload, keep=upload.resume and phase is Phase.RECEIVING)
-            self.log.info(
-                "upload: {peer} left during {name} at {received} of {size} bytes ({what})",
-                peer=self.peer,
-                name=upload.name,
-                received=upload.received,
-                size=upload.size,
-                what="kept for resume" if upload.resume else "removed",
-            )
+            keep = upload is current and upload.resume and phase is Phase.RECEIVING
+            self.pipeline.release(upload, keep=keep)
+            if upload.partial is not None:
+                self.log.info(
+                    "upload: {peer} left during {name} at {received} of {size} bytes ({what})",
+                    peer=self.peer,
+                    name=upload.name,
+                    received=upload.received,
+                    size=upload.size,
+                    what="kept for resume" if keep else "removed",
+                )
+        self.flight.clear()
         super().connectionLost(reason)
 
     # -- the framed base's deadlines --------------------------------------------------
 
     def isBusy(self) -> bool:
-        """The server is working on this connection's file: opening it, writing,
-        hashing or flushing what arrived, or checking and renaming it. Waiting
-        for the client's next data is not being busy: a transfer that stalls
-        between frames (after ``K ready``, or between two ``D`` frames) is an
-        idle connection, closed by the framed base's idle timeout like any
-        other, which ends the file as a dropped connection does (its partial
-        file removed, or kept for a resume) and gives back its user's upload
-        slot and reserved quota."""
-        if self.phase is Phase.OPENING or self.phase is Phase.FINISHING:
-            return True
+        """The server is working on this connection: opening a file, writing,
+        hashing or flushing what arrived, checking and renaming a finished
+        file, or making an answer. Waiting for the client's next data is not
+        being busy: a transfer that stalls between frames (after ``K ready``,
+        or between two ``D`` frames), or a download the client stopped
+        reading, is an idle connection, closed by the framed base's idle
+        timeout like any other, which ends the file as a dropped connection
+        does (its partial file removed, or kept for a resume) and gives back
+        its user's upload slot and reserved quota."""
         if self.phase is Phase.LISTING or self.phase is Phase.SENDING:
             # Opening what to send is work; then only an answer that moves
             # is: a client that takes nothing leaves its connection idle.
             return self.outflow is None or self.outflow.progressed()
+        if self.phase is Phase.OPENING:
+            return True
+        if any(upload is not self.upload for upload in self.flight):
+            return True  # a file being opened or finished in the background
         return self.pipeline is not None and self.pipeline.busy
 
     def readingPaused(self) -> bool:
-        """Reading is paused while the pipeline catches up (flow control): the
-        client cannot send then, so a frame's deadline does not run."""
-        return self._paused
+        """Reading is paused while the pipeline catches up (flow control) or
+        frames wait for their turn: the client cannot send then, so a
+        frame's deadline does not run."""
+        return self._readingStopped
 
     # -- flow control ---------------------------------------------------------------
 
     def _updateFlow(self) -> None:
-        queued = Pipeline.queued(self.upload)
-        if self.transport is None:
-            return
+        queued = sum(Pipeline.queued(upload) for upload in self.flight)
         if not self._paused and queued > self.highWater:
             self._paused = True
-            cast(IPushProducer, self.transport).pauseProducing()
         elif self._paused and queued <= self.lowWater:
             self._paused = False
-            cast(IPushProducer, self.transport).resumeProducing()
+        self._setReading()
+
+    def _setReading(self) -> None:
+        """Read from the client unless the pipeline is behind or frames wait."""
+        stop = self._paused or bool(self.backlog)
+        if stop == self._readingStopped or self.transport is None:
+            return
+        self._readingStopped = stop
+        transport = cast(IPushProducer, self.transport)
+        if stop:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
 
     def _logFrom(self, what: str, name: str, size: int, offset: int) -> None:
         """One audit line for a transfer that starts (a resume, a download)."""

@@ -51,8 +51,8 @@ class UploadFactory(FramedFactory):
     """
 
     protocol = UploadProtocol
-    #: PROTOCOL.md section 6: listing and downloads.
-    features = ("list", "get")
+    #: PROTOCOL.md section 6: listing, downloads and pipelined uploads.
+    features = ("list", "get", "pipeline")
 
     def __init__(
         self,

@@ -445,40 +445,50 @@ def commitGroup(files: Sequence[tuple[PartialFile, bool]]) -> list[ProtocolError
     ``syncfs`` is missing, each file is flushed with ``fsync``.
     """
     results: list[ProtocolError | None] = [None] * len(files)
-    if not files:
-        return results
-    try:
-        if len(files) == 1 or _libc is None:
-            for partial, _ in files:
-                os.fsync(partial.fd)
+    live = []
+    for i, (partial, _) in enumerate(files):
+        if partial.closed:  # given up meanwhile
+            results[i] = ProtocolError("internal", f"{partial.name}: upload ended", fatal=False)
         else:
-            _syncfs(files[0][0].fd)
+            live.append(i)
+    if not live:
+        return results
+    first = files[live[0]][0]
+    try:
+        if len(live) == 1 or _libc is None:
+            for i in live:
+                os.fsync(files[i][0].fd)
+        else:
+            _syncfs(first.fd)
     except OSError as e:
-        error = osError(e, files[0][0].name)
-        return [error] * len(files)
-    directories: dict[tuple[int, int], tuple[int, str]] = {}
-    for i, (partial, overwrite) in enumerate(files):
+        error = osError(e, first.name)
+        return [error if i in live else r for i, r in enumerate(results)]
+    #: each directory that got a name: a handle, one of the names, the files in it
+    directories: dict[tuple[int, int], tuple[int, str, list[int]]] = {}
+    for i in live:
+        partial, overwrite = files[i]
         try:
             partial.place(overwrite)
         except ProtocolError as e:
             results[i] = e
             continue
         info = os.fstat(partial.dirFD)
-        if (info.st_dev, info.st_ino) not in directories:
-            directories[(info.st_dev, info.st_ino)] = (os.dup(partial.dirFD), partial.name)
-    failed: dict[tuple[int, int], ProtocolError] = {}
-    for key, (fd, name) in directories.items():
+        key = (info.st_dev, info.st_ino)
+        if key not in directories:
+            directories[key] = (os.dup(partial.dirFD), partial.name, [])
+        directories[key][2].append(i)
+    for fd, name, placed in directories.values():
         try:
             os.fsync(fd)
         except OSError as e:
-            failed[key] = osError(e, f"{name} (directory sync)")
+            error = osError(e, f"{name} (directory sync)")
+            for i in placed:
+                results[i] = error
         finally:
             _close(fd)
-    for i, (partial, _) in enumerate(files):
-        if results[i] is None:
-            info = os.fstat(partial.dirFD)
-            results[i] = failed.get((info.st_dev, info.st_ino))
-            partial._close()
+    for _, _, placed in directories.values():
+        for i in placed:
+            files[i][0]._close()  # complete under its name: closing cannot undo that
     return results
 
 
