@@ -166,6 +166,25 @@ def test_tilde_dot_disconnects_and_the_remote_tree_is_ended(
     waitUntil(lambda: not server.descendants(), timeout=15)
 
 
+def test_a_signal_to_the_client_ends_the_session_and_restores_the_terminal(
+    server: Server, local: LocalShell
+) -> None:
+    """SIGHUP (the local terminal closing, or kill) to the client ends the
+    session: it exits 128+1 with a line saying so, the server ends the remote
+    command, and the local terminal is as it was."""
+    local.child.sendline(
+        server.command("-t", "--", "sh", "-c", "echo R$((1+1)); sleep 300").encode()
+    )
+    local.expect(b"R2")
+    (client,) = [p for p in psutil.Process(local.child.pid).children() if "exec" in p.cmdline()]
+    client.send_signal(signal.SIGHUP)
+    local.expect(PROMPT)
+    assert b"ended by SIGHUP" in local.child.before
+    assert local.status() == 128 + signal.SIGHUP
+    assert local.stty() == local.settings
+    waitUntil(lambda: not server.descendants(), timeout=15)
+
+
 def test_t_needs_a_local_terminal_and_tt_forces_one(server: Server) -> None:
     """-t without a local terminal is refused with a clear message (255); -tt
     runs the command on a terminal all the same, and exits with its status."""

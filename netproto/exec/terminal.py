@@ -4,10 +4,11 @@ While the remote command runs on its terminal, the local one is in raw mode:
 every key (Ctrl-C and Ctrl-D included) goes to the server as bytes and the
 remote terminal decides what it means; what comes back is written as it is.
 The local terminal is put back as it was whatever ends the session: the
-command's exit, an error, the server going away, an exception, or the
-client's reactor being stopped by a signal (the restoring is also a shutdown
-trigger of the reactor and an ``atexit`` hook; only ``SIGKILL`` defeats it,
-as it does ssh).
+command's exit, an error, the server going away, an exception, or a signal
+(``SIGHUP``, ``SIGINT``, ``SIGTERM`` from outside end the session, and the
+client exits 128 + N, as a shell reports a command ended by signal N; the
+restoring is also a shutdown trigger of the reactor and an ``atexit`` hook;
+only ``SIGKILL`` defeats it, as it does ssh).
 
 The window size is sent with the request and again (``W``) at every
 ``SIGWINCH``. ``~.`` at the start of a line disconnects, as in ssh (``~~``
@@ -22,9 +23,11 @@ import contextlib
 import fcntl
 import os
 import signal
+import sys
 import termios
 import tty
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Any, Final
 
@@ -39,6 +42,9 @@ ESCAPE: Final = b"~"
 QUIT: Final = b"."
 #: What starts a line (after it, ``~`` is the escape).
 LINE_ENDS: Final = frozenset(b"\r\n")
+#: Signals from outside that end the session (the local terminal closed,
+#: ``kill``); in raw mode, keys send none.
+ENDING_SIGNALS: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
 
 
 class EscapeFilter:
@@ -174,7 +180,7 @@ async def runOnTerminal(
     shutdown = reactor.addSystemEventTrigger("before", "shutdown", terminal.restore)
     terminal.enter()
     escape = EscapeFilter() if local is not None else None
-    window = WindowWatcher(reactor, client, local)
+    signals = LocalSignals(reactor, client, local)
     stdout = LocalOutput(reactor, 1)
     keys: LocalInput | None = None
     disconnected: list[bool] = []
@@ -198,6 +204,8 @@ async def runOnTerminal(
             except ClientError:
                 if disconnected:
                     raise ClientError("disconnected (~.)", DISCONNECTED) from None
+                if signals.ending is not None:
+                    return 128 + signals.ending
                 raise
             if kind in {b"1", b"2"}:
                 if not stdout.broken:
@@ -207,35 +215,48 @@ async def runOnTerminal(
             else:
                 raise ClientError(f"protocol error: unexpected {kind!r} frame")
     finally:
-        window.stop()
+        signals.stop()
         if keys is not None:
             keys.stop()
         await stdout.finish()
-        terminal.restore()
-        reactor.removeSystemEventTrigger(shutdown)
+        if not terminal.restored:  # else the reactor's shutdown did, and took its trigger
+            terminal.restore()
+            reactor.removeSystemEventTrigger(shutdown)
+        if signals.ending is not None:
+            name = signal.Signals(signals.ending).name
+            sys.stderr.write(f"netproto exec: ended by {name}; the server ends the command\n")
 
 
-class WindowWatcher:
-    """Sends ``W`` at every ``SIGWINCH`` whose size differs from the last one sent."""
+class LocalSignals:
+    """The local signals while the session runs: ``SIGWINCH`` sends ``W`` when
+    the size differs from the last one sent; :data:`ENDING_SIGNALS` end the
+    session (the connection is closed, which makes the server end the command)."""
 
     def __init__(self, reactor: Any, client: FramedClient, fd: int | None) -> None:
         self.reactor = reactor
         self.client = client
         self.fd = fd
         self.last = localWindow(fd)
-        self._previous: Any = None
-        self._installed = False
-        if fd is None:
-            return
-        try:
-            self._previous = signal.signal(signal.SIGWINCH, self._handler)
-            self._installed = True
-        except ValueError:  # not the main thread (a test driving run() directly)
-            pass
+        #: The signal that ended the session, if one did.
+        self.ending: int | None = None
+        self._previous: dict[int, Any] = {}
+        actions: dict[int, Callable[[], None]] = {
+            sig: partial(self.end, sig) for sig in ENDING_SIGNALS
+        }
+        if fd is not None:
+            actions[signal.SIGWINCH] = self.changed
+        for sig, action in actions.items():
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler(action))
+            except ValueError:  # not the main thread (a test driving run() directly)
+                break
 
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        # A signal handler runs between any two bytecodes: hand over to the reactor.
-        self.reactor.callFromThread(self.changed)
+    def _handler(self, action: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            # A signal handler runs between any two bytecodes: hand over to the reactor.
+            self.reactor.callFromThread(action)
+
+        return handler
 
     def changed(self) -> None:
         size = localWindow(self.fd)
@@ -243,7 +264,12 @@ class WindowWatcher:
             self.last = size
             self.client.sendJSON(b"W", {"rows": size[0], "cols": size[1]})
 
+    def end(self, signum: int) -> None:
+        if self.ending is None:
+            self.ending = signum
+            self.client.close()
+
     def stop(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGWINCH, self._previous)
-            self._installed = False
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
