@@ -10,6 +10,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,20 @@ REMOTE = b"R5\\$ "
 #: Sets it: computed, so that the local terminal's echo of the line (before
 #: the client has made it raw) is not taken for it.
 SET_PROMPT = b"PS1='R'$((2+3))'$ '"
+
+
+#: A full-screen program: curses (terminfo, the alternate screen, keys one by
+#: one) shows the terminal's size until q is pressed.
+FULL_SCREEN = (
+    "import curses\n"
+    "def main(screen):\n"
+    "    screen.addstr(0, 0, 'full screen %dx%d' % screen.getmaxyx())\n"
+    "    screen.refresh()\n"
+    "    while screen.getch() != ord('q'):\n"
+    "        pass\n"
+    "curses.wrapper(main)\n"
+    "print('left the full screen')\n"
+)
 
 
 def answered(text: bytes) -> bytes:
@@ -113,7 +128,7 @@ def test_the_login_shell_on_a_terminal(server: Server, local: LocalShell) -> Non
     """netproto exec with no command opens the login shell on a terminal: a
     command typed and its output, stty size following a resize of the local
     terminal, Ctrl-C interrupting a sleep with the shell surviving, a
-    full-screen program opened and quit, Ctrl-D ending the shell with its
+    full-screen program (curses) opened and quit, Ctrl-D ending the shell with its
     status, which is the client's; the local terminal is as it was."""
     local.child.sendline(server.command().encode())
     local.child.sendline(SET_PROMPT)
@@ -130,10 +145,10 @@ def test_the_login_shell_on_a_terminal(server: Server, local: LocalShell) -> Non
     local.expect(REMOTE)
     local.child.sendline(b"echo alive $?")
     local.expect(answered(b"alive 130"))
-    local.child.sendline(b"vi -u NONE /dev/null")
-    local.expect(b"/dev/null")
-    local.child.send(b":q\r")
-    local.expect(REMOTE)
+    local.child.sendline(f"{shlex.quote(sys.executable)} -c {shlex.quote(FULL_SCREEN)}".encode())
+    local.expect(b"full screen 40x100")
+    local.child.send(b"q")
+    local.expect(answered(b"left the full screen"))
     local.child.sendline(b"(exit 7)")
     local.expect(REMOTE)
     local.child.send(b"\x04")
