@@ -40,7 +40,8 @@ from netproto.client.framed import (
 )
 from netproto.errors import ProtocolError
 from netproto.upload.names import splitName
-from netproto.upload.remote import addTransferArguments
+from netproto.upload.pipelined import Flight, sendAll, sha256Of
+from netproto.upload.remote import Entry, addTransferArguments, complain, listRemote, say
 
 DEFAULT_PORT: Final = 8002
 #: Seconds a file must take before its progress bar appears.
@@ -65,6 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace files that exist on the server"
+    )
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="send only files whose size or SHA-256 differ from the server's (implies "
+        "--overwrite for those); say what was skipped",
     )
     addTransferArguments(parser, "upload", DEFAULT_PORT)
 
@@ -333,35 +340,114 @@ def _decodeStored(kind: bytes, payload: bytes) -> dict[str, Any]:
         raise ClientError("protocol error: 'K' frame payload is not JSON") from None
 
 
+async def sendPipelined(
+    reactor: Any, client: FramedClient, job: Job, args: argparse.Namespace, flight: Flight
+) -> None:
+    """One file's P, D frames and F without waiting for answers (the
+    ``sendOne`` of :func:`netproto.upload.pipelined.sendAll`)."""
+    with open(job.path, "rb") as file:  # noqa: ASYNC230  (an OSError here: no P sent)
+        size = os.fstat(file.fileno()).st_size
+        client.sendJSON(
+            b"P", {"name": job.name, "size": size, "overwrite": args.overwrite, "resume": False}
+        )
+        hasher = hashlib.sha256()
+        progress = progressBar(job.name, size, 0, args.quiet)
+        producer = FileProducer(
+            reactor, client, file=file, hasher=hasher, remaining=size, progress=progress
+        )
+        flight.producer = producer
+        try:
+            await producer.start()
+        except (OSError, ClientError) as e:
+            flight.error = e  # the server answers the wrong F with an error
+        finally:
+            progress.close()
+            flight.producer = None
+    digest = "0" * 64 if flight.error or producer.remaining else hasher.hexdigest()
+    if client.connected:
+        client.sendJSON(b"F", {"sha256": digest})
+    flight.sent.callback((size, digest))
+
+
+async def skipUnchanged(reactor: Any, client: FramedClient, jobs: list[Job]) -> list[Job]:
+    """``--sync``: the jobs whose file the server does not already hold with
+    the same size and SHA-256 (one recursive ``L`` per top name; local files
+    hashed in a thread only when the server knows a digest of their size)."""
+    if "list" not in (client.hello.features if client.hello else ()):
+        raise ClientError("--sync needs a server that lists its files (feature list)")
+    remote: dict[str, Entry] = {}
+    for top in sorted({job.name.split("/", 1)[0] for job in jobs}):
+        try:
+            entries = await listRemote(client, top, True)
+        except ServerError as e:
+            if e.code == "not-found":
+                continue
+            raise
+        remote.update((e.name, e) for e in entries if not e.isDir)
+    candidates = []
+    for job in jobs:
+        there = remote.get(job.name)
+        if there is not None and there.sha256 and os.stat(job.path).st_size == there.size:
+            candidates.append(job)
+    local = await threads.deferToThreadPool(
+        reactor, reactor.getThreadPool(), lambda: [sha256Of(j.path) for j in candidates]
+    )
+    same = {
+        job.name
+        for job, (size, digest) in zip(candidates, local, strict=True)
+        if (size, digest) == (remote[job.name].size, remote[job.name].sha256)
+    }
+    for job in jobs:
+        if job.name in same:
+            complain("upload", job.name, "unchanged on the server, skipped")
+    return [job for job in jobs if job.name not in same]
+
+
 async def run(reactor: Any, args: argparse.Namespace) -> int:
     if not hasattr(args, "jobs"):
         prepare(args)
     for problem in args.problems:
         print(f"netproto upload: {problem}", file=sys.stderr)
-    failed = len(args.problems)
+    failures = len(args.problems)
     if not args.jobs:
-        return 1 if failed else 0
+        return 1 if failures else 0
     client = await connectFramed(clientEndpoint(reactor, args), "upload", args.auth)
+
+    def stored(job: Job, size: int, digest: str) -> None:
+        if not args.quiet:
+            say(f"{digest}  {size}  {job.name}")
+
+    def failed(job: Job, e: Exception) -> None:
+        nonlocal failures
+        failures += 1
+        if isinstance(e, ServerError):
+            hint = " (--overwrite replaces a file)" if e.code == "exists" else ""
+            complain("upload", job.path, f"{e.code}: {e.serverMessage}{hint}")
+        elif isinstance(e, OSError):
+            complain("upload", job.path, str(e.strerror))
+        else:
+            complain("upload", job.path, str(e))
+
     try:
-        for job in args.jobs:
-            try:
-                size, digest = await sendFile(reactor, client, job, args)
-            except ServerError as e:
-                failed += 1
-                hint = " (--overwrite replaces a file)" if e.code == "exists" else ""
-                print(
-                    f"netproto upload: {job.path}: {e.code}: {e.serverMessage}{hint}",
-                    file=sys.stderr,
-                )
-                if not client.connected:
-                    raise ClientError("the server closed the connection") from None
-                continue
-            except OSError as e:
-                failed += 1
-                print(f"netproto upload: {job.path}: {e.strerror}", file=sys.stderr)
-                continue
-            if not args.quiet:
-                print(f"{digest}  {size}  {job.name}", flush=True)
+        jobs = args.jobs
+        if getattr(args, "sync", False):
+            jobs = await skipUnchanged(reactor, client, jobs)
+            args.overwrite = True  # what differs replaces what the server has
+        features = client.hello.features if client.hello else ()
+        if "pipeline" in features and not args.resume:
+            await sendAll(
+                reactor, client, jobs, args, sendOne=sendPipelined, stored=stored, failed=failed
+            )
+        else:
+            for job in jobs:
+                try:
+                    size, digest = await sendFile(reactor, client, job, args)
+                except (ServerError, OSError) as e:
+                    failed(job, e)
+                    if not client.connected:
+                        raise ClientError("the server closed the connection") from None
+                    continue
+                stored(job, size, digest)
     finally:
         client.close()
-    return 1 if failed else 0
+    return 1 if failures else 0
