@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import socket
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,15 @@ import pytest
 from twisted.application.service import Application, MultiService
 from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.python import usage
+from twisted.python.logfile import LogFile
 
-from netproto.jsonlog import MAX_FIELD, checkTwistdOptions, jsonLogged, jsonLogObserver
+from netproto.jsonlog import (
+    MAX_FIELD,
+    checkTwistdOptions,
+    destination,
+    jsonLogged,
+    jsonLogObserver,
+)
 from netproto.tap import Options
 from tests.adversarial.outside import readUntil
 from tests.support import BlockingFramed, runTwistd
@@ -76,6 +84,19 @@ def test_json_logs_become_the_application_observer_as_in_a_tac_file() -> None:
     tree = jsonLogged(MultiService(), {"logfile": "-", "nodaemon": 1}, {"chat"})
     tree.setServiceParent(application)
     assert application.getComponent(ILogObserver) is tree.observer
+
+
+def test_the_json_log_goes_where_twistd_would_have_written_the_text(tmp_path: Path) -> None:
+    """--logfile=- or --nodaemon without --logfile: standard output; --logfile
+    FILE: that file, rotated by size as twistd rotates its own."""
+    assert destination({"logfile": "-", "nodaemon": 1}) is sys.stdout
+    assert destination({"logfile": None, "nodaemon": 1}) is sys.stdout
+    logFile = destination({"logfile": str(tmp_path / "netproto.jsonl"), "nodaemon": 0})
+    try:
+        assert isinstance(logFile, LogFile) and logFile.rotateLength == 1_000_000
+        assert logFile.path == str(tmp_path / "netproto.jsonl")
+    finally:
+        logFile.close()
 
 
 @pytest.mark.parametrize(
