@@ -243,3 +243,26 @@ async def test_a_client_that_stops_reading_stops_the_command_on_its_terminal(
         result = await finish(client, pid, timeout=60)
         assert result.out == bytes(total) and result.exit["code"] == 0
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_command_ends_with_its_shell_and_the_terminal_is_hung_up(
+    tmp_path: Path,
+) -> None:
+    """The shell exits leaving a job that ignores SIGHUP and holds the terminal:
+    as with ssh, the terminal is hung up (the job ended, by SIGKILL after the
+    grace period at worst) and X comes with the shell's status, not when the
+    job would have ended."""
+    async with serving(tmp_path, **{"exec-kill-grace": 0.5}) as server:
+        client = await server.connect()
+        # The job says when its traps are set: the kernel's SIGHUP at the
+        # shell's exit must not reach it before.
+        script = (
+            "(trap '' HUP TERM; touch ready; exec sleep 300) & "
+            "while [ ! -e ready ]; do sleep 0.01; done; echo started; exit 3"
+        )
+        pid = await started(client, {"shell": script, "pty": TERM})
+        result = await finish(client, pid, timeout=15)
+        assert b"started" in result.out and result.exit["code"] == 3
+        await eventually(lambda: not sessionOf(pid))
+        client.close()

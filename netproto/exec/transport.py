@@ -62,6 +62,9 @@ from netproto.exec.spawn import Spawned
 
 #: Without pidfds, how often the leader is polled for its exit.
 EXIT_POLL: Final = 0.01
+#: The same for a command on a terminal, whose exit is watched from its start
+#: (a session may last hours): a keystroke's pace, not a tight loop.
+TERMINAL_EXIT_POLL: Final = 0.1
 
 
 @implementer(IReadDescriptor)
@@ -316,6 +319,7 @@ class CommandTransport:
         self._child = spawned
         #: Whether the command runs on a terminal (PROTOCOL.md section 5).
         self.terminal = spawned.terminal
+        self._exitPoll = TERMINAL_EXIT_POLL if self.terminal else EXIT_POLL
         self._paused = False
         self._exitTimer: IDelayedCall | None = None
         #: Ends the command's group (its ``onGone`` is the factory's
@@ -357,6 +361,10 @@ class CommandTransport:
         proto.makeConnection(self)
         for reader in self._readers.values():
             reader.startReading()
+        if self.terminal:
+            # A terminal's command is over when its first process exits (see
+            # _hangUpAfterLeader): watched from the start.
+            self._watchExit()
 
     # -- output --------------------------------------------------------------
 
@@ -525,7 +533,7 @@ class CommandTransport:
             self._watcher = ExitWatcher(self.reactor, self._pidfd, self._checkExit)
             self._pidfd = None
         else:
-            self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
+            self._exitTimer = self.reactor.callLater(self._exitPoll, self._pollExit)
 
     def _pollLeader(self) -> bool:
         """For the reaper: reap the first process if it has exited; whether it is reaped."""
@@ -551,12 +559,24 @@ class CommandTransport:
         self._exitTimer = None
         self.proto.processExited(self._reason())
         self._maybeEnded()
+        self._hangUpAfterLeader()
+
+    def _hangUpAfterLeader(self) -> None:
+        """On a terminal, the first process (the shell) has exited while the
+        terminal is still held open: by jobs it left running, which ignore the
+        ``SIGHUP`` the kernel sent its foreground job. As sshd does when its
+        shell exits, hang the terminal up: the session is ended (``SIGHUP``,
+        ``SIGTERM``, then ``SIGKILL``), its last holders close it, and the
+        command ends with the first process's status. (On pipes, a command
+        lasts while anything holds its output open.)"""
+        if self.terminal and not self.ended and _procs.liveSessions({self.pid}):
+            self.reaper.terminate()
 
     def _pollExit(self) -> None:
         self._exitTimer = None
         self._checkExit()
         if self.returncode is None:
-            self._exitTimer = self.reactor.callLater(EXIT_POLL, self._pollExit)
+            self._exitTimer = self.reactor.callLater(self._exitPoll, self._pollExit)
 
     def _reason(self) -> Failure:
         """How the process ended, made once (``processExited`` and
