@@ -141,7 +141,11 @@ class HTTPGate(WrappingFactory):
         if isinstance(slot, HTTPSlot):
             slot.factory.unregisterProtocol(slot)
             transport: Any = slot.transport
-            transport.protocol = slot.wrappedProtocol  # autobahn replaces it in turn
+            # The slot's place goes to the channel; autobahn gives it to the WebSocket.
+            if isinstance(transport, ProtocolWrapper):  # TLS
+                transport.wrappedProtocol = slot.wrappedProtocol
+            else:
+                transport.protocol = slot.wrappedProtocol
             channel.transport = transport
 
 
