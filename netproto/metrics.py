@@ -128,6 +128,12 @@ class EventCounts:
     def _chatFull(self, event: LogEvent) -> None:
         self.refusals["chat", "server-full"] += 1
 
+    def _webOrigin(self, event: LogEvent) -> None:
+        self.refusals["web", "origin"] += 1
+
+    def _webFull(self, event: LogEvent) -> None:
+        self.refusals["web", "too-many-connections"] += 1
+
     def _chatCutOff(self, event: LogEvent) -> None:
         self.refusals["chat", "too-slow"] += 1
 
@@ -160,12 +166,11 @@ class EventCounts:
             self.connections[service] += n
         elif what == "authentication failed":
             self.authFailures[service] += n
-        elif what == "refused (server full)":
-            self.refusals[service, "server-full"] += n
         elif what == "cut off (too slow reading)":
             self.refusals[service, "too-slow"] += n
         elif what.startswith("refused (") and what.endswith(")"):
-            self.refusals[service, what[len("refused (") : -1]] += n
+            # "refused (auth-failed)", "refused (server full)": the code, in one word
+            self.refusals[service, what[len("refused (") : -1].replace(" ", "-")] += n
 
 
 #: The format strings of the events counted (as the services write them; the
@@ -178,6 +183,10 @@ EVENT_FORMATS: Final[Mapping[str, Callable[[EventCounts, LogEvent], None]]] = {
     "chat: refused {peer}: server full ({why})": EventCounts._chatFull,
     "chat: {peer} ({nick}) cut off: more than {limit} bytes of output left unread": (
         EventCounts._chatCutOff
+    ),
+    "web: refused {peer}: origin {origin} is not allowed (--web-origins)": EventCounts._webOrigin,
+    "web: refused {peer}: {why} (--chat-max-clients, --chat-max-per-address)": (
+        EventCounts._webFull
     ),
     "{service}: {peer} authenticated as {user}": EventCounts._authenticated,
     "{service}: {peer} disconnected ({user})": EventCounts._disconnected,

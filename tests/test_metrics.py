@@ -70,6 +70,31 @@ def test_floods_past_the_source_cap_are_counted_per_kind() -> None:
     assert counts.refusals["exec", "auth-failed"] == 30
 
 
+def test_refusals_logged_one_by_one_and_summarised_share_their_labels() -> None:
+    """chat's and web's refusals, past the burst: the summary's kind names the same
+    code as the events logged one by one (one word: server-full, origin)."""
+    counts = EventCounts()
+    clock = Clock()
+    summary = RepeatSummary(Logger(observer=counts), clock=clock)
+    for _ in range(20):
+        summary.emit(
+            ("10.0.0.1", "chat: refused (server full)"),
+            LogLevel.warn,
+            "chat: refused {peer}: server full ({why})",
+            peer="10.0.0.1:1",
+            why="64 clients from 10.0.0.1",
+        )
+        summary.emit(
+            ("10.0.0.1", "web: refused (origin)"),
+            LogLevel.warn,
+            "web: refused {peer}: origin {origin} is not allowed (--web-origins)",
+            peer="10.0.0.1:1",
+            origin="http://evil.example",
+        )
+    clock.advance(summary.interval)
+    assert counts.refusals == {("chat", "server-full"): 20, ("web", "origin"): 20}
+
+
 def test_each_event_format_counted_is_one_the_code_writes() -> None:
     """A service that rewords a counted event would silently stop its counter:
     every format in EVENT_FORMATS is a literal in netproto's source."""
