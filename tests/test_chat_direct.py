@@ -63,8 +63,9 @@ def loop() -> Iterator[Loop]:
 
 def queue(proto: ChatProtocol) -> Writer:
     """The member's writer (it must not have been cut off)."""
-    assert proto.sender is not None and proto.sender.socket is not None
-    return proto.sender
+    sender = proto.sender
+    assert isinstance(sender, Writer) and sender.socket is not None
+    return sender
 
 
 @pytest_twisted.ensureDeferred

@@ -32,7 +32,7 @@ idle member costs a few hundred bytes above Twisted's own transport.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, ITCPTransport
@@ -54,6 +54,19 @@ if TYPE_CHECKING:
 SLOW_DOWN = errorLine("slow down")
 
 _DONE = Failure(ConnectionDone())
+
+
+class LineSender(Protocol):
+    """Where a member's output goes: a telnet member's
+    :class:`~netproto.directsend.Writer`, or a browser member's frame sender
+    (:class:`netproto.web.protocol.FrameSender`)."""
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data`` (whole CRLF-ended lines); False once what is still
+        unsent passes the member's bound (the chat then cuts it off)."""
+
+    def loseConnection(self) -> None:
+        """Close once what is queued has been sent."""
 
 
 @implementer(IParticipant)
@@ -97,7 +110,7 @@ class ChatProtocol(LineReceiver):
         self.source = "?"
         self._tat = 0.0  # when the next line is due under the flood limit
         self.lastActive = 0.0
-        self.sender: Writer | None = None
+        self.sender: LineSender | None = None
         self._telnet: TelnetFilter | None = None
         self._discarding = False  # skipping the rest of an over-long line
         self._pending: bytes | None = None  # input after an over-long line

@@ -348,7 +348,7 @@ class WebChatProtocol(WebSocketServerProtocol):
         member.makeConnection(MessageTransport(self))
         if isinstance(member, ChatProtocol) and member.sender is not None:
             assert self.writer is not None
-            member.sender = FrameSender(self, self.writer)  # type: ignore[assignment]
+            member.sender = FrameSender(self, self.writer)
 
     # -- messages --------------------------------------------------------------------
 
