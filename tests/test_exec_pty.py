@@ -15,6 +15,8 @@ import pytest_twisted
 
 from netproto.client.framed import FramedClient, ServerError
 from netproto.exec import procs as _procs
+from netproto.exec import pty as _pty
+from netproto.exec.transport import CommandTransport
 from tests.execkit import buffered, connections, finish, serving, stalledAt, started
 from tests.support import eventually, waitDeferred
 
@@ -106,12 +108,20 @@ async def test_W_resizes_the_terminal_and_the_command_gets_SIGWINCH(tmp_path: Pa
         client.close()
 
 
-async def sleepingShell(screen: Screen) -> None:
+def inFront(transport: CommandTransport) -> str | None:
+    """The name of the first process of the terminal's foreground job."""
+    fd = transport._terminalFd()
+    group = _pty.foregroundGroup(fd) if fd is not None else None
+    try:
+        return None if group is None else psutil.Process(group).name()
+    except psutil.NoSuchProcess:
+        return None
+
+
+async def sleepingShell(screen: Screen, transport: CommandTransport) -> None:
     """Have the interactive shell on ``screen`` run ``sleep 30`` in front."""
     screen.type(b"sleep 30\r")
-    await eventually(
-        lambda: any(p.name() == "sleep" for p in psutil.Process().children(recursive=True))
-    )
+    await eventually(lambda: inFront(transport) == "sleep")
 
 
 @pytest_twisted.ensureDeferred
@@ -127,14 +137,15 @@ async def test_keystrokes_are_interpreted_by_the_terminal_and_S_goes_to_the_job_
     async with serving(tmp_path) as server:
         client = await server.connect()
         screen = await onTerminal(client, {"argv": ["sh", "-i"], "env": {"PS1": "$ "}})
+        (transport,) = server.factory.commands.values()
         await screen.expect(b"$ ")
         screen.type(b"echo helko\x7f\x7flo\r")
         await screen.expect(b"hello\r\n$ ")
-        await sleepingShell(screen)
+        await sleepingShell(screen, transport)
         screen.type(b"\x03")
         screen.type(b"echo status $?\r")
         await screen.expect(b"status 130\r\n$ ")
-        await sleepingShell(screen)
+        await sleepingShell(screen, transport)
         client.sendJSON(b"S", {"signal": "INT"})
         screen.type(b"echo alive $?\r")
         await screen.expect(b"alive 130\r\n$ ")

@@ -61,6 +61,11 @@ class EscapeFilter:
         self.holding = False
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
+        if not self.holding and ESCAPE not in data:
+            # Most reads (keys, pastes) hold no ~: pass them whole.
+            if data:
+                self.atLineStart = data[-1] in LINE_ENDS
+            return data, False
         out = bytearray()
         for byte in data:
             key = bytes((byte,))
@@ -186,13 +191,14 @@ async def runOnTerminal(
     disconnected: list[bool] = []
 
     def forward(data: bytes) -> None:
+        quit = False
         if escape is not None:
             data, quit = escape.feed(data)
-            if quit:
-                disconnected.append(True)
-                client.close()
-        if data:
+        if data and not disconnected:
             client.send(b"0", data)
+        if quit and not disconnected:
+            disconnected.append(True)
+            client.close()
 
     try:
         if not args.no_stdin:
