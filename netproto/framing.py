@@ -25,7 +25,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from netproto.addresses import describePeer
+from netproto.addresses import CountPerAddress, describePeer
 from netproto.auth import IUser, TokenCredentials
 from netproto.codec import (
     DEFAULT_MAX_FRAME,
@@ -632,7 +632,7 @@ class FramedFactory(ServerFactory):
         self.maxUnauthenticatedPerHost = int(
             options.get("max-unauthenticated-per-host", self.maxUnauthenticatedPerHost)
         )
-        self.unauthenticated: dict[str, int] = {}
+        self.unauthenticated = CountPerAddress()
         #: Connection events per source and interval (finding 11 of the hardening
         #: issue): one host's flood of connections or guesses costs a few lines.
         self.logSummary = RepeatSummary(self.protocol.log, clock=context.reactor)
@@ -641,21 +641,11 @@ class FramedFactory(ServerFactory):
         """Count a new connection from ``host`` as unauthenticated, unless its
         host is at the cap (then False: the connection is refused). A peer
         without an IP address (``None``) is always admitted, not counted."""
-        if host is None:
-            return True
-        held = self.unauthenticated.get(host, 0)
-        if self.maxUnauthenticatedPerHost and held >= self.maxUnauthenticatedPerHost:
-            return False
-        self.unauthenticated[host] = held + 1
-        return True
+        return self.unauthenticated.admit(host, self.maxUnauthenticatedPerHost)
 
     def leftUnauthenticated(self, host: str) -> None:
         """A connection counted by :meth:`admitUnauthenticated` logged in or went away."""
-        left = self.unauthenticated[host] - 1
-        if left:
-            self.unauthenticated[host] = left
-        else:
-            del self.unauthenticated[host]
+        self.unauthenticated.release(host)
 
     def stopFactory(self) -> None:
         self.logSummary.flush()

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 
-from netproto.addresses import describeAddress
+from netproto.addresses import CountPerAddress, describeAddress
 from netproto.chat.config import ChatConfig
 from netproto.chat.protocol import ChatProtocol
 from netproto.chat.state import ChatServer, errorLine
@@ -74,7 +74,7 @@ class ChatFactory(ServerFactory):
         #: issue): a client refused 12,000 times a second costs two log lines.
         self.logSummary = RepeatSummary(self.log, clock=clock)
         self.clients = 0
-        self.perAddress: dict[str, int] = {}
+        self.perAddress = CountPerAddress()
         # Flood control (see ChatProtocol.lineReceived): one line per `lineInterval`
         # seconds on average, up to `burst` lines at once. 0 turns it off. The half
         # interval of slack keeps float rounding from eating the burst's last line.
@@ -88,12 +88,9 @@ class ChatFactory(ServerFactory):
         key = addressKey(addr)
         if config.maxClients and self.clients >= config.maxClients:
             return self._refuse(addr, f"{self.clients} clients (--chat-max-clients)")
-        perAddress = config.maxPerAddress
-        if key is not None and perAddress and self.perAddress.get(key, 0) >= perAddress:
-            return self._refuse(addr, f"{perAddress} clients from {key}")
+        if not self.perAddress.admit(key, config.maxPerAddress):
+            return self._refuse(addr, f"{config.maxPerAddress} clients from {key}")
         self.clients += 1
-        if key is not None:
-            self.perAddress[key] = self.perAddress.get(key, 0) + 1
         return ChatProtocol(self, key)
 
     def _refuse(self, addr: IAddress | None, why: str) -> Protocol:
@@ -112,13 +109,7 @@ class ChatFactory(ServerFactory):
         """A member built by :meth:`buildProtocol` left the chat: free its slots (once;
         its connection may take up to ``closeGrace`` more to close)."""
         self.clients -= 1
-        key = proto.address
-        if key is not None:
-            left = self.perAddress[key] - 1
-            if left:
-                self.perAddress[key] = left
-            else:
-                del self.perAddress[key]
+        self.perAddress.release(proto.address)
 
     # -- the idle sweep -------------------------------------------------------------
 

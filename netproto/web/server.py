@@ -19,7 +19,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
-from netproto.addresses import describeAddress
+from netproto.addresses import CountPerAddress, describeAddress
 from netproto.chat.plugin import buildFactory
 from netproto.chat.server import ChatFactory, addressKey
 from netproto.logsummary import sourceOf
@@ -89,7 +89,7 @@ class HTTPGate(WrappingFactory):
     def __init__(self, site: WebSite) -> None:
         super().__init__(site)
         self.chat = site.chat
-        self.perAddress: dict[str, int] = {}
+        self.perAddress = CountPerAddress()
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPSlot | None:  # type: ignore[override]
         config = self.chat.config
@@ -97,9 +97,8 @@ class HTTPGate(WrappingFactory):
         if config.maxClients and len(self.protocols) >= config.maxClients:
             self._refuse(addr, f"{len(self.protocols)} HTTP connections")
             return None
-        perAddress = config.maxPerAddress
-        if key is not None and perAddress and self.perAddress.get(key, 0) >= perAddress:
-            self._refuse(addr, f"{perAddress} HTTP connections from {key}")
+        if self.perAddress.full(key, config.maxPerAddress):
+            self._refuse(addr, f"{config.maxPerAddress} HTTP connections from {key}")
             return None
         slot = super().buildProtocol(addr)
         assert isinstance(slot, HTTPSlot)
@@ -117,21 +116,13 @@ class HTTPGate(WrappingFactory):
 
     def registerProtocol(self, p: ProtocolWrapper) -> None:
         super().registerProtocol(p)
-        key = getattr(p, "key", None)
-        if key is not None:
-            self.perAddress[key] = self.perAddress.get(key, 0) + 1
+        self.perAddress.take(getattr(p, "key", None))
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         if p not in self.protocols:
             return  # taken over already
         super().unregisterProtocol(p)
-        key = getattr(p, "key", None)
-        if key is not None:
-            left = self.perAddress[key] - 1
-            if left:
-                self.perAddress[key] = left
-            else:
-                del self.perAddress[key]
+        self.perAddress.release(getattr(p, "key", None))
 
     @staticmethod
     def takeOver(channel: Any) -> None:
