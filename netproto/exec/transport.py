@@ -459,10 +459,10 @@ class CommandTransport:
         self.proto.childConnectionLost(0)
 
     def closeStdout(self) -> None:
-        self._readers[1].close()
+        self.closeChildFD(1)
 
     def closeStderr(self) -> None:
-        self._readers[2].close()
+        self.closeChildFD(2)  # none on a terminal
 
     def closeChildFD(self, descriptor: int) -> None:
         if descriptor == 0:
