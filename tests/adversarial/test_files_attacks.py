@@ -25,8 +25,8 @@ MiB = 1 << 20
 SIZE = 256 * MiB
 ABUSERS = 4
 #: What the server may grow by while the abusers hold their downloads: a batch
-#: of frames and one held write each (outflow.BATCH_FRAMES: 2 MiB each), with
-#: room for the allocator; without backpressure it is the whole file, each.
+#: of frames and one held write each (outflow.BATCH_FRAMES), with room for the
+#: allocator's arenas; without backpressure it is the whole file, each.
 GROWTH = 48 * MiB
 IDLE = 2.0
 
