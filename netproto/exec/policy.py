@@ -12,7 +12,8 @@ The environment a command gets is clean: it does not inherit the server's.
 ``PATH``                  ``--exec-path`` (default :data:`DEFAULT_PATH`)
 ``HOME``                  the server's ``$HOME`` (else its user's home)
 ``USER``, ``LOGNAME``     the server's user
-``SHELL``                 ``/bin/sh``
+``SHELL``                 ``/bin/sh``; the login shell's path for a login shell
+``TERM``                  on a terminal only: the request's ``pty`` ``term``
 ``LANG``                  the server's, else ``C.UTF-8``
 ``NETPROTO_USER``         the authenticated netproto user
 ``NETPROTO_PEER``         the client's address
