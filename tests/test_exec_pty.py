@@ -277,3 +277,22 @@ async def test_the_command_ends_with_its_shell_and_the_terminal_is_hung_up(
         assert b"started" in result.out and result.exit["code"] == 3
         await eventually(lambda: not sessionOf(pid))
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_servers_shutdown_ends_every_process_of_a_terminal(tmp_path: Path) -> None:
+    """At the server's shutdown (the factory ending every command), an
+    interactive shell and a job of its own that ignores SIGHUP and SIGTERM are
+    ended and reaped; the client gets X."""
+    async with serving(tmp_path, **{"exec-kill-grace": 0.5}) as server:
+        client = await server.connect()
+        screen = await onTerminal(client, {"argv": ["sh", "-i"], "env": {"PS1": "$ "}})
+        await screen.expect(b"$ ")
+        (pid,) = server.factory.commands
+        screen.type(b"(trap '' HUP TERM; exec sleep 300) &\r")
+        await eventually(lambda: len(sessionOf(pid)) >= 2)
+        await waitDeferred(server.factory.endAll(), 15)
+        assert not sessionOf(pid)
+        result = await finish(client, pid)
+        assert result.exit["signal"] in {"HUP", "TERM", "KILL"}
+        client.close()
