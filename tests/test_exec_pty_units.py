@@ -39,6 +39,15 @@ def test_pty_sets_TERM_opens_stdin_and_keeps_the_command(tmp_path: Path) -> None
     assert "on a terminal" in prepared.describe()
 
 
+def test_a_command_is_described_on_one_line(tmp_path: Path) -> None:
+    """A newline, a line separator or an escape in argv cannot split or forge a
+    line of the text log: the description shows them escaped."""
+    argv = ["echo", "a\n2026-12-01T00:00:00 [netproto] forged", "\u2028", "\x1b[2J"]
+    described = policyFor(tmp_path).prepare({"argv": argv}, user="a", peer="p").describe()
+    assert described.isprintable()
+    assert described == "echo a\\n2026-12-01T00:00:00 [netproto] forged \\u2028 \\x1b[2J"
+
+
 def test_pty_alone_is_the_login_shell(tmp_path: Path) -> None:
     """pty without argv or shell is the server user's login shell, started as a
     login shell ("-" before its name), SHELL set to it."""

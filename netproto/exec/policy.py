@@ -170,11 +170,15 @@ class Prepared:
         return None if self.terminal is None else (self.terminal.rows, self.terminal.cols)
 
     def describe(self, limit: int = 200) -> str:
-        """The command for logs, shortened."""
+        """The command for logs, shortened, and always one line: a client's
+        newline or other control character in an argument shows escaped (``\\n``),
+        so it cannot split a log record or forge the next one."""
         if self.login:
             text = f"login shell {self.executable}"
         else:
             text = " ".join(self.argv[2:] if self.shell else self.argv)
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         if self.terminal is not None:
             text += f" (on a terminal, {self.terminal.term})"
         return text if len(text) <= limit else text[:limit] + "..."
