@@ -56,19 +56,15 @@ def record(fd: int, sha256: str) -> None:
 def _parse(raw: bytes, info: os.stat_result) -> str | None:
     if len(raw) > MAX_VALUE:
         return None
-    parts = raw.split(b" ")
-    if len(parts) != 5 or parts[0] != _VERSION.encode():
+    version, _, rest = raw.partition(b" ")
+    sha256, _, belongs = rest.partition(b" ")
+    if version != _VERSION.encode() or len(sha256) != 64:
         return None
-    try:
-        sha256 = parts[1].decode("ascii")
-        size, mtime, inode = (int(p) for p in parts[2:])
-    except ValueError:
-        return None
-    if not _HEX64.fullmatch(sha256):
-        return None
-    if (size, mtime, inode) != (info.st_size, info.st_mtime_ns, info.st_ino):
+    # Compared as text: what it belongs to must be exactly this file now.
+    if belongs != b"%d %d %d" % (info.st_size, info.st_mtime_ns, info.st_ino):
         return None  # the file changed since: the digest is not this content's
-    return sha256
+    text = sha256.decode("ascii", "replace")
+    return text if _HEX64.fullmatch(text) else None
 
 
 def known(fd: int, info: os.stat_result) -> str | None:

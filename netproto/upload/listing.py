@@ -29,12 +29,12 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring
 from typing import Final
 
-from netproto.codec import encodeJSON
 from netproto.errors import ProtocolError
 from netproto.upload import digests
-from netproto.upload.names import checkSegment
+from netproto.upload.names import RESERVED_PREFIX, checkSegment
 from netproto.upload.store import osError
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -83,6 +83,9 @@ def openDirectory(rootFD: int, segments: Sequence[bytes]) -> int:
 def visible(entry: str) -> bool:
     """Whether a directory entry may be shown to clients: not one of the
     server's own, and a name a client could use in a request."""
+    if entry.isascii() and entry.isprintable() and "\\" not in entry:
+        # The common case, without a look at each character's category.
+        return entry not in (".", "..") and not entry.startswith(RESERVED_PREFIX)
     try:
         checkSegment(entry.encode("utf-8"), entry)
     except (UnicodeEncodeError, ProtocolError):
@@ -92,17 +95,23 @@ def visible(entry: str) -> bool:
 
 def entryOf(name: str, info: os.stat_result, sha256: str | None) -> bytes | None:
     """The JSON of one listing entry, or ``None`` for anything but a regular
-    file or a directory."""
+    file or a directory. Written out by hand: a listing of 10,000 files spent
+    a third of its time in the generic encoder (only the name needs escaping)."""
     if stat.S_ISREG(info.st_mode):
-        fields: dict[str, object] = {"name": name, "type": "file", "size": info.st_size}
+        head = b'{"name":%s,"type":"file","size":%d' % (encodeString(name), info.st_size)
     elif stat.S_ISDIR(info.st_mode):
-        fields = {"name": name, "type": "dir", "size": 0}
+        head = b'{"name":%s,"type":"dir","size":0' % encodeString(name)
     else:
         return None
-    fields["mtime"] = round(info.st_mtime_ns / 1e9, 6)
-    if sha256 is not None:
-        fields["sha256"] = sha256
-    return encodeJSON(fields)
+    mtime = round(info.st_mtime_ns / 1e9, 6)
+    if sha256 is None:
+        return head + b',"mtime":%r}' % mtime
+    return head + b',"mtime":%r,"sha256":"%s"}' % (mtime, sha256.encode("ascii"))
+
+
+def encodeString(text: str) -> bytes:
+    """``text`` as a JSON string, in UTF-8 (as :func:`netproto.codec.encodeJSON` does)."""
+    return encode_basestring(text).encode("utf-8")
 
 
 class Listing:
