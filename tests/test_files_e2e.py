@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from tests.fileskit import rot
@@ -69,6 +70,22 @@ def test_a_tree_goes_up_and_comes_back_identical_and_is_listed(tmp_path: Path) -
         one = netproto(server, home, "download", "-q", "proj/readme.txt", "-o", out / "one")
         assert one.returncode == 0, one.stderr
         assert tree(out / "one") == {"readme.txt": b"hello\n"}
+        # On a terminal, a progress bar as for uploads.
+        env = dict(os.environ, NETPROTO_HOME=str(home), NETPROTO_PROGRESS_DELAY="0")
+        address = f"127.0.0.1:{server.port('upload')}"
+        child = pexpect.spawn(
+            NETPROTO,
+            ["download", "proj/docs/深/data.bin", "-o", str(out / "tty"), "--server", address],
+            env=env,
+            timeout=60,
+        )
+        child.expect(r"data\.bin: +\d+%\|")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        assert (out / "tty" / "data.bin").read_bytes() == (
+            src / "docs" / "深" / "data.bin"
+        ).read_bytes()
         missing = netproto(server, home, "ls", "nothing")
         assert missing.returncode == 1
         assert "nothing: not-found: " in missing.stderr
