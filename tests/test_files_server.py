@@ -12,6 +12,7 @@ import pytest
 
 from netproto.codec import encodeJSON
 from netproto.upload import digests
+from netproto.upload.protocol import UploadProtocol
 from tests.fileskit import Served, fetch, listing, put, refusal, rot, sha
 from tests.uploadkit import StepExecutor
 
@@ -271,3 +272,48 @@ def test_the_digest_attribute_is_ignored_when_it_is_not_ours(served: Served) -> 
     os.setxattr(path, digests.XATTR, b"garbage " * 100)
     assert "sha256" not in listing(served.peer())[0]["f"]
     assert encodeJSON({}) == b"{}"
+
+
+def test_directories_swapped_for_symlinks_during_a_listing_are_not_followed(
+    tmp_path: Path,
+) -> None:
+    """A recursive listing read one frame at a time; after the first frame
+    every directory not listed yet is swapped for a symbolic link to a
+    directory outside: nothing outside is ever listed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    steps = StepExecutor()
+    served = Served(tmp_path, steps)
+    served.factory.maxFrame = 1024
+    for d in range(6):
+        for f in range(20):
+            path = served.root / "tree" / f"d{d}" / f"file-{f:02d}-{'x' * 30}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    peer = served.peer()
+    server = peer.server
+    assert isinstance(server, UploadProtocol) and server.pipeline is not None
+    server.pipeline.writer.burst = 1  # one lane call per worker job
+    peer.sendJSON(b"L", {"path": "tree", "recursive": True})
+    frames: list[tuple[bytes, bytes]] = []
+    while not frames:
+        function, args = steps.calls.pop(0)
+        function(*args)
+        frames += peer.take()
+    seen = {e["name"] for _, p in frames for e in json.loads(p)["entries"]}
+    swapped = 0
+    for d in range(6):
+        if not any(name.startswith(f"tree/d{d}/") for name in seen):
+            real = served.root / "tree" / f"d{d}"
+            real.rename(served.root / "tree" / f".netproto-moved-{d}")
+            real.symlink_to(outside, target_is_directory=True)
+            swapped += 1
+    assert swapped
+    while not frames or frames[-1][0] != b"K":
+        steps.runAll()
+        frames += peer.take()
+    names = {e["name"] for k, p in frames if k == b"I" for e in json.loads(p)["entries"]}
+    assert not any("secret" in name for name in names)
+    assert json.loads(frames[-1][1]) == {"count": len(names)}
+    assert (outside / "secret").read_bytes() == b"secret"
