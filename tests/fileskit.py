@@ -11,12 +11,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from zope.interface import implementer
+
 from netproto.codec import encodeFrame, encodeJSON
-from netproto.testing import FramedPeer, makeContext, readToken
+from netproto.testing import FramedPeer, makeContext, readToken, serveInMemory
 from netproto.upload.quota import Quotas
 from netproto.upload.server import UploadFactory, uploadDirectory
 from netproto.upload.store import UploadStore
 from netproto.upload.workers import callNow
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """Where a bundled client connects to a :class:`Served` service, in memory
+    (bytes move when :meth:`flush` is called, timers run on the service's clock)."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.pumps: list[Any] = []
+        #: the server-side protocol of each connection made
+        self.servers: list[IProtocol] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        client = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4242))
+        assert client is not None
+        reactor = self.served.context.reactor
+        server, connected, pump = serveInMemory(self.served.factory, client, reactor)  # type: ignore[arg-type]
+        self.servers.append(server)
+        self.pumps.append(pump)
+        return succeed(connected)
+
+    def flush(self, turns: int = 50) -> None:
+        """Move bytes and run due timers until both ends are quiet (or ``turns`` passed)."""
+        for _ in range(turns):
+            for pump in self.pumps:
+                pump.flush()
+            self.served.context.reactor.advance(0)
 
 
 class Served:

@@ -3,16 +3,22 @@ that sends P, D..., F of many files without waiting, and the server's answers, i
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 
 import pytest
+from twisted.internet.defer import ensureDeferred
 
+from netproto.client.framed import FramedClient, connectFramed
 from netproto.codec import encodeFrame, encodeJSON
 from netproto.testing import FramedPeer
 from netproto.upload import store
-from tests.fileskit import Served, pipelined, sha
+from netproto.upload.client import Job, sendPipelined
+from netproto.upload.pipelined import sendAll
+from netproto.upload.protocol import MAX_IN_FLIGHT, UploadProtocol
+from tests.fileskit import MemoryEndpoint, Served, pipelined, sha
 from tests.uploadkit import StepExecutor
 
 
@@ -151,3 +157,52 @@ def test_the_connection_lost_in_a_batch_leaves_nothing_unanswered_in_place(
     peer.close()
     steps.runAll()
     assert [p.name for p in served.root.iterdir() if not p.name.startswith(".netproto-quota")] == []
+
+
+def test_the_bundled_client_sends_every_file_before_any_answer(tmp_path: Path) -> None:
+    """``netproto upload DIR`` pipelines where the hello offers it: with the
+    server's disk held (no answer can come), the server has already received
+    every file's P, data and F (up to MAX_IN_FLIGHT in flight, the rest
+    waiting in its backlog); once the disk goes on, every file is stored
+    and reported, in order."""
+    steps = StepExecutor()
+    served = Served(tmp_path, steps)
+    endpoint = MemoryEndpoint(served)
+    connecting = ensureDeferred(connectFramed(endpoint, "upload", {"token": served.token}))
+    endpoint.flush()
+    client = connecting.result
+    assert isinstance(client, FramedClient)
+    local = tmp_path / "local"
+    local.mkdir()
+    jobs = []
+    for i in range(12):
+        (local / f"f{i:02d}").write_bytes(os.urandom(2000 + i))
+        jobs.append(Job(str(local / f"f{i:02d}"), f"up/f{i:02d}"))
+    stored: list[str] = []
+    args = argparse.Namespace(overwrite=False, quiet=True)
+    sending = ensureDeferred(
+        sendAll(
+            served.context.reactor,
+            client,
+            jobs,
+            args,
+            sendOne=sendPipelined,
+            stored=lambda job, size, digest: stored.append(job.name),
+            failed=lambda job, e: pytest.fail(f"{job.name}: {e}"),
+        )
+    )
+    endpoint.flush()
+    server = endpoint.servers[0]
+    assert isinstance(server, UploadProtocol)
+    assert len(server.flight) == MAX_IN_FLIGHT
+    waiting = [k for k, _ in server.backlog]
+    assert waiting.count(b"P") == waiting.count(b"F") == 12 - MAX_IN_FLIGHT
+    assert stored == []
+    for _ in range(100):
+        if sending.called:
+            break
+        steps.runAll()
+        endpoint.flush()
+    assert sending.called and stored == [job.name for job in jobs]
+    for job in jobs:
+        assert (served.root / job.name).read_bytes() == Path(job.path).read_bytes()
