@@ -343,18 +343,20 @@ def test_bad_finish_digest_is_a_bad_frame(h: Harness) -> None:
     assert h.files() == set()
 
 
-def test_data_before_ready_is_a_bad_frame(tmp_path: Path) -> None:
-    """The client must wait for K ready: a D while the P is being opened is bad-frame."""
+def test_data_before_ready_waits_for_the_file_to_open(tmp_path: Path) -> None:
+    """PROTOCOL.md section 6 (feature ``pipeline``): D and F may follow P without
+    waiting for K ready; they are held until the file is open, then stored, and
+    the answers come in order (K ready, then K stored)."""
     steps = StepExecutor()
     h = Harness(tmp_path, executor=steps)
     c = h.connect()
     c.put("f", 1)
     c.data(b"x")
-    assert error("bad-frame")(c.frames())
+    c.finish(b"x")
+    assert c.frames() == []  # nothing answered before the file is open
     steps.runAll()
-    c.drop()
-    steps.runAll()
-    assert h.files() == set()
+    assert c.frames() == [(b"K", {"offset": 0}), *stored("f", b"x")]
+    assert h.files() == {"f"}
 
 
 def test_fast_client_is_paused_until_the_writer_catches_up(tmp_path: Path) -> None:
