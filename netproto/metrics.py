@@ -411,6 +411,7 @@ class MetricsEndpoint:
     optParameters: tuple[Any, ...] = ()
     optFlags: tuple[Any, ...] = ()
     client: None = None
+    moreClients: Mapping[str, Any] = field(default_factory=dict)
     #: Plain HTTP even with --tls: the numbers carry no credential, and a
     #: scraper would have to pin the self-signed certificate.
     tls: bool = False

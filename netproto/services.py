@@ -125,6 +125,10 @@ class INetprotoService(Interface):
         "ClientCommand or None: the ``netproto NAME`` subcommand this service brings. "
         "Optional: a service without this attribute has none."
     )
+    moreClients = Attribute(
+        "mapping of name to ClientCommand: more ``netproto`` subcommands the service "
+        "brings besides ``netproto NAME`` (upload's ``ls`` and ``download``). Optional."
+    )
     tls = Attribute(
         "bool or None: whether ``--tls`` serves this service over TLS. Optional: None "
         "or absent means yes for framed services (they carry the token), no for others."
@@ -174,6 +178,7 @@ class LazyService:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     client: ClientCommand | None = None
+    moreClients: Mapping[str, ClientCommand] = field(default_factory=dict)
     tls: bool | None = None
 
     def build(self, context: ServerContext) -> IProtocolFactory | DatagramProtocol:

@@ -37,9 +37,9 @@ def clientCommands() -> dict[str, ClientCommand]:
         raise ClientError(str(e)) from None
     commands = {}
     for name, service in services.items():
-        # "moreClients" (optional): more subcommands, by name (upload's ls, download).
+        # Both optional in INetprotoService: a plugin may bring no subcommand.
         more = getattr(service, "moreClients", {})
-        command = getattr(service, "client", None)  # optional in INetprotoService
+        command = getattr(service, "client", None)
         for named, given in ([(name, command)] if command else []) + list(more.items()):
             if named == OWN_COMMAND or named in commands or (named != name and named in services):
                 raise ClientError(f"the service plugin {name!r} takes the name {named!r} twice")

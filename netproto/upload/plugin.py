@@ -5,8 +5,6 @@ reads them from here), and its ``netproto upload`` subcommand.
 Imported whenever plugins are discovered, so it imports nothing heavy.
 """
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 from netproto.options import count, seconds
@@ -26,19 +24,7 @@ DEFAULT_MAX_PER_USER: Final = 8
 DEFAULT_RESUME_TTL: Final = 86400.0
 
 
-@dataclass(frozen=True)
-class FilesService(LazyService):
-    """The upload service's declaration, with the files commands it also brings.
-
-    :ivar moreClients: subcommands besides ``netproto upload``, by name
-        (``netproto ls``, ``netproto download``: PROTOCOL.md section 6), read
-        by :func:`netproto.client.cli.clientCommands`.
-    """
-
-    moreClients: Mapping[str, ClientCommand] = field(default_factory=dict)
-
-
-service = FilesService(
+service = LazyService(
     name="upload",
     description="verified (SHA-256), atomic, resumable file upload",
     defaultEndpoint="tcp:8002:interface=127.0.0.1",
