@@ -27,6 +27,9 @@ from zope.interface import implementer
 
 from netproto.exec.spawn import signalName
 
+#: The frame type of each output descriptor.
+_KINDS: dict[int, bytes] = {1: b"1", 2: b"2"}
+
 
 class FrameSink(Protocol):
     """Where a command's frames go: the exec connection."""
@@ -95,17 +98,24 @@ class CommandProtocol(ProcessProtocol):
         if self.timeout is not None:
             self._timer = self.clock.callLater(self.timeout, self._timeoutPassed)
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """Output of fd 1 or 2 as ``1`` or ``2`` frames, without the
+        ``outReceived``/``errReceived`` hop (every chunk and keystroke echo
+        passes here)."""
+        if len(data) <= self.maxPayload:
+            self.sink.sendFrame(_KINDS[childFD], data)
+        else:
+            self._send(_KINDS[childFD], data)
+
     def outReceived(self, data: bytes) -> None:
-        self._send(b"1", data)
+        self.childDataReceived(1, data)
 
     def errReceived(self, data: bytes) -> None:
-        self._send(b"2", data)
+        self.childDataReceived(2, data)
 
     def _send(self, kind: bytes, data: bytes) -> None:
+        """``data`` as ``kind`` frames of at most :attr:`maxPayload` bytes each."""
         limit = self.maxPayload
-        if len(data) <= limit:
-            self.sink.sendFrame(kind, data)
-            return
         with memoryview(data) as view:
             for start in range(0, len(data), limit):
                 self.sink.sendFrame(kind, bytes(view[start : start + limit]))

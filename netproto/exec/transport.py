@@ -37,6 +37,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Final
 
 from twisted.internet import fdesc, main
@@ -344,12 +345,17 @@ class CommandTransport:
         if spawned.stdin is not None:
             writer = TerminalWriter if self.terminal else PipeWriter
             self._stdin = writer(reactor, spawned.stdin, self._stdinLost)
+        # Output goes straight to the protocol's childDataReceived (a partial,
+        # not a method of ours in between: it runs for every chunk and keystroke).
+        received = proto.childDataReceived
         self._readers = {
-            1: PipeReader(reactor, spawned.stdout, readSize, self._out, self._outClosed(1))
+            1: PipeReader(
+                reactor, spawned.stdout, readSize, partial(received, 1), self._outClosed(1)
+            )
         }
         if spawned.stderr >= 0:
             self._readers[2] = PipeReader(
-                reactor, spawned.stderr, readSize, self._err, self._outClosed(2)
+                reactor, spawned.stderr, readSize, partial(received, 2), self._outClosed(2)
             )
         self._openOutputs = len(self._readers)
         # The exit is watched only once both output pipes have closed (see
@@ -367,12 +373,6 @@ class CommandTransport:
             self._watchExit()
 
     # -- output --------------------------------------------------------------
-
-    def _out(self, data: bytes) -> None:
-        self.proto.childDataReceived(1, data)
-
-    def _err(self, data: bytes) -> None:
-        self.proto.childDataReceived(2, data)
 
     def _outClosed(self, fd: int) -> Callable[[], None]:
         def closed() -> None:
