@@ -4,8 +4,13 @@ general path does, in memory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
+from netproto.exec.spawn import DEFAULT_PIPE_SIZE
+from netproto.exec.transport import PipeReader
 from tests.execkit import Conn
 
 
@@ -32,3 +37,38 @@ def test_stdin_frames_reach_the_command_in_order_however_the_reads_cut_them(
     c.proto.dataReceived((limit + 1).to_bytes(4, "big") + b"0" + b"x" * limit)
     assert c.frames()[-1][1]["code"] == "frame-too-large"
     assert b"".join(d for what, d in process.calls if what == "stdin") == b"abcdefgh"
+
+
+def test_output_reads_ask_for_a_frame_once_the_pipe_has_filled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipe is read at most its default size at a time until a read finds it
+    full (a keystroke's echo is not a 256 KiB allocation); then it is enlarged
+    and read ``readSize`` bytes at a time."""
+    asked: list[int] = []
+    read = os.read
+
+    def recordingRead(fd: int, size: int) -> bytes:
+        asked.append(size)
+        return read(fd, size)
+
+    monkeypatch.setattr(os, "read", recordingRead)
+    received: list[int] = []
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    reader = PipeReader(None, r, 256 * 1024, lambda data: received.append(len(data)), lambda: None)
+    try:
+        os.write(w, b"x" * 100)
+        reader.doRead()
+        assert received == [100] and not reader.grown
+        written = os.write(w, b"x" * (1 << 20))  # the kernel's default pipe: 64 KiB
+        reader.doRead()
+        assert received[-1] == written == DEFAULT_PIPE_SIZE and reader.grown
+        written = os.write(w, b"x" * (200 * 1024))
+        reader.doRead()
+        assert received[-1] == written == 200 * 1024
+        assert asked == [DEFAULT_PIPE_SIZE, DEFAULT_PIPE_SIZE, 256 * 1024]
+    finally:
+        reader.close()
+        os.close(w)

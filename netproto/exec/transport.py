@@ -79,7 +79,12 @@ class PipeReader:
     The pipe starts at the kernel's default size; the first read that finds
     it full (:data:`~netproto.exec.spawn.DEFAULT_PIPE_SIZE` bytes or more)
     enlarges it to :data:`~netproto.exec.spawn.PIPE_SIZE`, so only commands
-    that write fast pay for the ``fcntl`` and the larger pipe.
+    that write fast pay for the ``fcntl`` and the larger pipe. Reads ask for
+    ``readSize`` bytes only from then on, and for at most the default pipe's
+    size before, which drains it whole all the same: ``os.read`` allocates
+    what it asks for, and 256 KiB is above glibc's first ``mmap`` threshold,
+    where each read of a keystroke's echo (a terminal's reads never fill it)
+    could cost an ``mmap``, an ``mremap`` and a ``munmap``.
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class PipeReader:
         self._closed = closed
         self.reading = False
         self.grown = False
+        #: What the next read asks for: at most the default pipe's size until it is grown.
+        self._size = min(readSize, _spawn.DEFAULT_PIPE_SIZE)
 
     def fileno(self) -> int:
         return self.fd
@@ -113,7 +120,7 @@ class PipeReader:
 
     def doRead(self) -> None:
         try:
-            data = os.read(self.fd, self.readSize)
+            data = os.read(self.fd, self._size)
         except BlockingIOError:
             return
         except OSError:
@@ -124,6 +131,7 @@ class PipeReader:
             return
         if not self.grown and len(data) >= _spawn.DEFAULT_PIPE_SIZE:
             self.grown = True
+            self._size = self.readSize
             _spawn.setPipeSize(self.fd, _spawn.PIPE_SIZE)
         self._received(data)
 
