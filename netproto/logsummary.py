@@ -23,8 +23,9 @@ from __future__ import annotations
 from typing import Any, Final, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
+from zope.interface import implementer
 
 from netproto.addresses import describeAddress
 
@@ -191,11 +192,52 @@ class RepeatSummary:
                 )
 
 
+@implementer(ILogObserver)
+class SummarizingObserver:
+    """Passes the events of a logger that is not ours through a
+    :class:`RepeatSummary`, one kind per format string, all from ``source``."""
+
+    def __init__(self, summary: RepeatSummary, source: str) -> None:
+        self.summary = summary
+        self.source = source
+
+    def __call__(self, event: LogEvent) -> None:
+        format = event.get("log_format") or ""
+        fields = {k: v for k, v in event.items() if not k.startswith("log_")}
+        level = event.get("log_level", LogLevel.info)
+        self.summary.emit((self.source, format), level, format, **fields)
+
+
+def summarizeAcceptErrors(port: IListeningPort, summary: RepeatSummary) -> None:
+    """Summarise what Twisted's listening ``port`` logs about connections it
+    could not accept.
+
+    At the open-file limit Twisted's TCP and UNIX ports accept each new
+    connection on a reserved descriptor and close it at once (good: the
+    client is refused, not left hanging), logging three lines for each
+    (``EMFILE encountered``, ``EMFILE recovery: Closed socket from ...``,
+    ``Re-reserving ...``): an attacker holding the server at its limit
+    would write thousands of lines a second. This replaces the port's
+    logger, ``tcp.Port._logger``, which is Twisted's private attribute (read
+    by ``Port.doRead``, Twisted 16 to 25): the one place netproto changes a
+    default path of Twisted's logging; tests/adversarial's open-file test
+    checks it still takes effect. A port without that attribute (UDP, a
+    test's fake) is left as it is."""
+    logger = getattr(port, "_logger", None)
+    if isinstance(logger, Logger):
+        source = str(port.getHost())
+        port._logger = Logger(  # type: ignore[attr-defined]
+            namespace=logger.namespace, observer=SummarizingObserver(summary, source)
+        )
+
+
 __all__ = [
     "DEFAULT_BURST",
     "DEFAULT_INTERVAL",
     "MAX_KEYS",
     "MAX_KINDS",
     "RepeatSummary",
+    "SummarizingObserver",
     "sourceOf",
+    "summarizeAcceptErrors",
 ]

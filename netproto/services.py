@@ -36,6 +36,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from netproto.addresses import describeAddress
 from netproto.auth import IUser
+from netproto.logsummary import RepeatSummary, summarizeAcceptErrors
 
 Kind = Literal["stream", "datagram"]
 
@@ -297,6 +298,9 @@ class ListeningService(Service):
         #: Whether it carries credentials without TLS: then only on loopback,
         #: unless ``--allow-plaintext`` (the plaintext guard).
         self.inClear = False
+        #: Twisted's own lines about connections it could not accept (at the
+        #: open-file limit, one flood of lines per refused connection), summarised.
+        self.acceptErrors = RepeatSummary(self.log, clock=context.reactor)
         self.setName(f"{service.name} on {description}")
 
     def privilegedStartService(self) -> None:
@@ -355,6 +359,7 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self._waiting = None
         self.port = port
+        summarizeAcceptErrors(port, self.acceptErrors)
         address = port.getHost()
         if self.inClear and onNetwork(address):
             if not self.context.options.get("allow-plaintext"):
@@ -387,6 +392,7 @@ class ListeningService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        self.acceptErrors.flush()
         if self._waiting is not None:
             self._waiting.cancel()
         port, self.port = self.port, None

@@ -24,6 +24,7 @@ import pytest
 
 from bench.soak import jsonFrame, readFrame
 from netproto.codec import encodeFrame
+from netproto.logsummary import DEFAULT_BURST
 from netproto.upload.names import RESERVED_PREFIX
 from tests.adversarial.outside import (
     ABUSER,
@@ -94,7 +95,8 @@ def test_fdExhaustionFromManyAddressesIsSurvived(tmp_path: Path) -> None:
     it serves honest chat, exec and upload clients again.
 
     Measure: the server's fd limit and count, whether it is alive, its CPU time
-    while held at the limit, a probe's fate, and fds back to the baseline."""
+    while held at the limit, a probe's fate, the lines it logs about refused
+    connections (summarised), and fds back to the baseline."""
     prlimit = shutil.which("prlimit")
     assert prlimit, "prlimit (util-linux) is needed"
     raiseOwnFileLimit()
@@ -122,6 +124,10 @@ def test_fdExhaustionFromManyAddressesIsSurvived(tmp_path: Path) -> None:
             cpu = sum(target.process.cpu_times()[:2]) - cpuBefore
             assert cpu < 0.5 * (time.monotonic() - wallBefore), f"spinning: {cpu:.2f} s of CPU"
             assert twistd.proc.poll() is None
+            # Twisted logs three lines for each connection it refuses at the limit
+            # (more than 50 here): summarised, at most a burst of each per port.
+            emfile = [line for line in twistd.lines if "EMFILE" in line]
+            assert 0 < len(emfile) <= 3 * DEFAULT_BURST * len(services), twistd.log
         target.waitFds(base, timeout=30)
         target.chatLatency()
         execClient = framedClient(target, "exec")
