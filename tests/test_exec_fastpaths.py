@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,24 @@ def test_output_reads_ask_for_a_frame_once_the_pipe_has_filled(
     finally:
         reader.close()
         os.close(w)
+
+
+def test_a_failing_write_on_the_fast_path_is_an_internal_error_not_a_crash(
+    tmp_path: Path, loggedErrors: list[dict[str, Any]]
+) -> None:
+    """A bug under the keystroke path ends as the general path's would: logged,
+    the client told ``internal``, the connection closed; not an exception
+    escaping into Twisted."""
+    c = Conn(tmp_path)
+    c.send(b"R", {"argv": ["cat"], "stdin": True})
+    _, process, _ = c.factory.started[0]
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    process.write = broken  # type: ignore[method-assign]
+    c.proto.dataReceived((2).to_bytes(4, "big") + b"0a")
+    assert c.frames()[-1][1]["code"] == "internal"
+    assert c.closed
+    assert [e["log_failure"].type for e in loggedErrors] == [RuntimeError]
+    loggedErrors.clear()

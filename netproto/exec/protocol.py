@@ -194,7 +194,11 @@ class ExecProtocol(FramedProtocol):
         ):
             command = self.command
             if command is not None and command.transport is not None:
-                command.transport.write(data[5:])
+                try:
+                    command.transport.write(data[5:])
+                except Exception:
+                    self._handlerFailed(Failure())  # as frameReceived would
+                    return
                 self._noteProgress(True)
                 return
         super().dataReceived(data)
