@@ -18,6 +18,7 @@ pool, never on the reactor thread.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -127,9 +128,13 @@ def verifyPassword(password: str, encoded: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
-# Checked when the user does not exist, so that an unknown name costs as much
-# time as a wrong password.
-_DUMMY_HASH: Final = hashPassword("netproto-dummy", salt=b"\0" * 16)
+@functools.cache
+def _dummyHash() -> str:
+    """The hash checked when the user does not exist, so that an unknown name
+    costs as much time as a wrong password. Made once, by the first
+    :class:`UsersFileChecker` (not at import: it is a whole scrypt, about
+    0.1 s, that the ``netproto`` client and a token-only server never need)."""
+    return hashPassword("netproto-dummy", salt=b"\0" * 16)
 
 
 def readUsersFile(path: Path) -> dict[str, str]:
@@ -185,6 +190,7 @@ class UsersFileChecker:
         self._mtime: float | None = None
         self._users: dict[str, str] = {}
         self._load()
+        _dummyHash()  # made now, so that the first unknown name costs no more than the others
 
     def _load(self) -> dict[str, str]:
         try:
@@ -202,7 +208,7 @@ class UsersFileChecker:
         except (AuthSetupError, OSError) as e:
             return fail(UnauthorizedLogin(f"users file unusable: {e}"))
         name = credentials.username.decode("utf-8", "replace")
-        encoded = users.get(name, _DUMMY_HASH)
+        encoded = users[name] if name in users else _dummyHash()
         password = credentials.password.decode("utf-8", "replace")
         d: Deferred[bool] = threads.deferToThreadPool(
             self._reactor,

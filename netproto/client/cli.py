@@ -21,7 +21,6 @@ from typing import Any
 from twisted.internet import defer, task
 
 from netproto import __version__
-from netproto.auth import AuthSetupError, writeUser
 from netproto.client.framed import ClientError
 from netproto.services import ClientCommand, ServiceError, discoverServices
 
@@ -69,6 +68,8 @@ def buildParser(
 
 
 def passwd(args: argparse.Namespace) -> int:
+    from netproto.auth import AuthSetupError, writeUser  # passwd's alone: not every command's start
+
     password = os.environ.get("NETPROTO_PASSWORD")
     if password is None:
         password = getpass.getpass(f"new password for {args.name}: ")
