@@ -8,7 +8,12 @@
   the same, unchanged tree: files/s and the ratio.
 
 Each timing is the median of ``--passes`` runs. The server is ``twistd -n
-netproto`` from this environment (:func:`bench.server.netproto`).
+netproto`` from this environment (:func:`bench.server.netproto`). The
+``netproto`` package run is compiled to bytecode first, as an installed one
+is: run from a checkout with ``PYTHONDONTWRITEBYTECODE`` set (as here), each
+client process would otherwise compile its modules from source again (about
+0.05 s of every start). ``twisted_start_s`` is the floor of any Twisted
+client here: a bare Python importing the reactor and endpoints.
 
     python -m bench.files [--files 10000] [--tree 1000] [--passes 3]
 """
@@ -16,6 +21,7 @@ netproto`` from this environment (:func:`bench.server.netproto`).
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -27,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import netproto as package
 from bench.server import Server, netproto
 from netproto.upload import digests
 
@@ -46,6 +53,16 @@ def command(server: Server, *args: str) -> float:
     if result.returncode:
         raise SystemExit(f"netproto {' '.join(args)} failed: {result.stderr.decode()[-500:]}")
     return elapsed
+
+
+#: What any Twisted client imports before it can connect.
+TWISTED_START = "from twisted.internet import reactor, endpoints, defer, task"
+
+
+def _timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True)
+    return time.perf_counter() - start
 
 
 def plantTree(root: Path, count: int) -> None:
@@ -70,6 +87,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, float] = {}
+    compileall.compile_dir(Path(package.__file__).parent, quiet=1)
     local = Path(tempfile.mkdtemp(prefix="netproto-bench-files-"))
     try:
         with netproto() as server:
@@ -81,6 +99,9 @@ def main() -> None:
             results["ls_rss_growth_kib"] = server.rssKiB() - rssBefore
             results["python_start_s"] = statistics.median(
                 command(server, "ls", "--help") for _ in range(args.passes)
+            )
+            results["twisted_start_s"] = statistics.median(
+                _timed([sys.executable, "-c", TWISTED_START]) for _ in range(args.passes)
             )
             tree = local / "tree"
             for i in range(args.tree):
