@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import Final
 
 #: Where a stored file's digest is kept: ``user.`` attributes may be set by the
@@ -38,7 +37,7 @@ _VERSION: Final = "1"
 #: longer was not written by this server.
 MAX_VALUE: Final = 256
 
-_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+_HEX_DIGITS: Final = b"0123456789abcdef"
 
 
 def _value(sha256: str, info: os.stat_result) -> bytes:
@@ -63,8 +62,8 @@ def _parse(raw: bytes, info: os.stat_result) -> str | None:
     # Compared as text: what it belongs to must be exactly this file now.
     if belongs != b"%d %d %d" % (info.st_size, info.st_mtime_ns, info.st_ino):
         return None  # the file changed since: the digest is not this content's
-    text = sha256.decode("ascii", "replace")
-    return text if _HEX64.fullmatch(text) else None
+    # Lowercase hex: nothing left once the hex digits are deleted.
+    return None if sha256.translate(None, _HEX_DIGITS) else sha256.decode("ascii")
 
 
 def known(fd: int, info: os.stat_result) -> str | None:

@@ -10,6 +10,8 @@ when the server refuses (``not-found``, ``invalid-name``, ``not-allowed``).
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import sys
 import time
 from typing import Any
@@ -59,12 +61,20 @@ def relativeName(entry: Entry, path: str) -> str:
     return name + "/" if entry.isDir else name
 
 
+@functools.lru_cache(maxsize=4096)
+def _minute(seconds: int) -> str:
+    """The local time of ``seconds``, to the minute. Cached: the files of a
+    tree written together share their second, and a listing of 10,000 files
+    spent a tenth of its client time here."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
 def formatEntry(entry: Entry, path: str, long: bool, human: bool) -> str:
     name = relativeName(entry, path)
     if not long:
         return name
     size = humanSize(entry.size) if human else str(entry.size)
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
+    when = _minute(math.floor(entry.mtime))  # as localtime: fractions dropped, rounded down
     kind = "d" if entry.isDir else "-"
     return f"{kind} {size:>12} {when} {entry.sha256 or '-':<64} {name}"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from netproto.client.connection import addAuthArguments, addConnectionArguments, clientEndpoint
 from netproto.client.framed import ClientError, FramedClient, connectFramed
@@ -38,9 +37,10 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One file or directory of a listing, as the server gave it."""
+class Entry(NamedTuple):
+    """One file or directory of a listing, as the server gave it (a tuple:
+    ``netproto ls -R`` makes 10,000 of them, and a frozen dataclass's
+    constructor cost a fifth of the client's work)."""
 
     name: str
     type: str
@@ -67,17 +67,21 @@ async def connectFiles(reactor: Any, args: argparse.Namespace, *features: str) -
     return client
 
 
+_KINDS: Final = ("file", "dir")
+_NUMBERS: Final = frozenset((int, float))
+
+
 def _entry(raw: object) -> Entry:
     if not isinstance(raw, dict):
         raise ClientError("protocol error: a listing entry is not an object")
     name, kind, size = raw.get("name"), raw.get("type"), raw.get("size", 0)
     mtime, sha256 = raw.get("mtime", 0), raw.get("sha256")
     if (
-        not isinstance(name, str)
-        or kind not in ("file", "dir")
-        or not isinstance(size, int)
-        or not isinstance(mtime, int | float)
-        or not (sha256 is None or isinstance(sha256, str))
+        type(name) is not str  # exact types: what JSON decodes to, checked fastest
+        or kind not in _KINDS
+        or type(size) is not int
+        or type(mtime) not in _NUMBERS
+        or not (sha256 is None or type(sha256) is str)
     ):
         raise ClientError(f"protocol error: a listing entry is malformed: {raw!r:.200}")
     return Entry(name, kind, size, float(mtime), sha256)
