@@ -90,7 +90,7 @@ def main() -> None:
     compileall.compile_dir(Path(package.__file__).parent, quiet=1)
     local = Path(tempfile.mkdtemp(prefix="netproto-bench-files-"))
     try:
-        with netproto("--web", "none") as server:  # 8080 may be taken on a shared machine
+        with netproto("--web", "none") as server:
             plantTree(server.uploadDir, args.files)
             command(server, "ls", "big-tree")  # warm the server (imports, first connection)
             rssBefore = server.rssKiB()

@@ -76,10 +76,11 @@ def stop(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 @contextmanager
 def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
-    """``twistd -n netproto`` with chat, exec and upload on free loopback ports."""
+    """``twistd -n netproto`` with chat, exec, upload and web on free loopback
+    ports (never a default port, which another server may hold)."""
     home = Path(tempfile.mkdtemp(prefix="netproto-bench-"))
     argv = [TWISTD, "-n", "--pidfile=", "--logfile=-", "netproto", "--data-dir", str(home)]
-    for name in ("chat", "exec", "upload"):
+    for name in ("chat", "exec", "upload", "web"):
         argv += [f"--{name}", "tcp:0:interface=127.0.0.1"]
     proc = subprocess.Popen(
         [*argv, *extra],
