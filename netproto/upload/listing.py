@@ -331,14 +331,29 @@ class Source:
         except OSError as e:
             raise osError(e, self.name) from None
         if not data:
-            raise ProtocolError(
-                "size-mismatch",
-                f"{self.name}: the file got shorter on the server during the download",
-                fatal=False,
-            )
+            raise self._shorter()
         self.hasher.update(data)
         self.position += len(data)
         return data
+
+    def readInto(self, view: memoryview) -> int:
+        """:meth:`read` of one piece into ``view`` (a reused buffer): its length."""
+        try:
+            got = os.preadv(self.fd, [view], self.position)
+        except OSError as e:
+            raise osError(e, self.name) from None
+        if not got:
+            raise self._shorter()
+        self.hasher.update(view[:got])
+        self.position += got
+        return got
+
+    def _shorter(self) -> ProtocolError:
+        return ProtocolError(
+            "size-mismatch",
+            f"{self.name}: the file got shorter on the server during the download",
+            fatal=False,
+        )
 
     def finish(self) -> str:
         """The whole file's SHA-256, once everything was read.

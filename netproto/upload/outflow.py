@@ -22,17 +22,23 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netproto.directsend import Writer
 from netproto.upload.workers import Lane
+from netproto.upload.zerocopy import FileSpan, sendSpan
 
 #: Frames a lane call makes at most: 2 frames of 256 KiB, 512 KiB held per
 #: download at most. Measured on a 1 GiB download (docs/performance.md):
 #: 8 frames grew the server's RSS by about 35 MB (each worker thread's
 #: malloc arena keeps what it allocated for the reads) for no more speed;
 #: 2 grow it by about 9 MB and are as fast or faster.
+#: On plain TCP the frames are spans of the file (zerocopy.py): the batch
+#: holds one reused frame-sized buffer, not the frames.
 BATCH_FRAMES: Final = 2
 
-#: Frames to send, in order, and whether they end the answer.
-Batch = tuple[Sequence[tuple[bytes, bytes]], bool]
+#: Frames to send, in order, and whether they end the answer. A payload still
+#: in its file (:class:`~netproto.upload.zerocopy.FileSpan`) is sent with
+#: ``sendfile`` (only where the connection's writer sends on its socket).
+Batch = tuple[Sequence[tuple[bytes, bytes | FileSpan]], bool]
 
 
 @implementer(IPushProducer)
@@ -48,6 +54,9 @@ class Outflow:
         frame, else the failure to answer with (an ``E``, or our bug).
     :param cleanup: releases what ``produce`` used (a file), in the lane,
         after its last call, however the answer ended.
+    :param writer: the connection's writer, for payloads still in their file
+        (spans are sent in :meth:`_made`, before :meth:`stop` can queue the
+        cleanup that closes their file).
     """
 
     def __init__(
@@ -57,12 +66,15 @@ class Outflow:
         send: Callable[[bytes, bytes], None],
         ended: Callable[[Failure | None], None],
         cleanup: Callable[[], None],
+        *,
+        writer: Writer | None = None,
     ) -> None:
         self.lane = lane
         self.produce = produce
         self.send = send
         self.ended = ended
         self.cleanup = cleanup
+        self.writer = writer
         self.paused = False
         self.stopped = False
         #: a lane call is making the next batch
@@ -91,7 +103,11 @@ class Outflow:
         frames, last = batch
         send = self.send
         for kind, payload in frames:
-            send(kind, payload)
+            if isinstance(payload, FileSpan):
+                assert self.writer is not None
+                sendSpan(self.writer, kind, payload)
+            else:
+                send(kind, payload)
         self._moved = True
         if last:
             self._end(None)

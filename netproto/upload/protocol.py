@@ -60,6 +60,7 @@ from netproto.upload.names import splitName
 from netproto.upload.outflow import BATCH_FRAMES, Batch, Outflow
 from netproto.upload.pipeline import Pipeline, Upload
 from netproto.upload.workers import Lane
+from netproto.upload.zerocopy import FileSpan, Spans
 
 if TYPE_CHECKING:
     from netproto.upload.server import UploadFactory
@@ -490,11 +491,17 @@ class UploadProtocol(FramedProtocol):
             return
         self._reply({"size": source.size, "offset": offset})
         frameSize = self.factory.maxFrame - 1
+        # Plain TCP: the payloads leave with sendfile once hashed (zerocopy.py).
+        spans = Spans(source, frameSize) if self.sender and self.sender.direct else None
 
         def produce() -> Batch:
             if source.position < offset:
                 source.skipTo(offset)
-            frames = [(b"D", piece) for piece in source.read(frameSize, BATCH_FRAMES)]
+            frames: list[tuple[bytes, bytes | FileSpan]]
+            if spans is not None:
+                frames = [(b"D", span) for span in spans.read(BATCH_FRAMES)]
+            else:
+                frames = [(b"D", piece) for piece in source.read(frameSize, BATCH_FRAMES)]
             if frames:
                 return frames, False
             # Apart from the last data: an E for rotten data comes after it all.
@@ -508,7 +515,9 @@ class UploadProtocol(FramedProtocol):
         if self.phase is not Phase.LISTING and self.phase is not Phase.SENDING:
             self._lane().run(cleanup)  # the connection went away meanwhile
             return
-        outflow = Outflow(self._lane(), produce, self.sendFrame, self._answered, cleanup)
+        outflow = Outflow(
+            self._lane(), produce, self.sendFrame, self._answered, cleanup, writer=self.sender
+        )
         self.outflow = outflow
         assert self.sender is not None
         self.sender.setOutput(outflow)
