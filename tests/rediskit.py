@@ -19,6 +19,8 @@ from typing import Any
 import hiredis
 import pytest
 
+from tests.support import waitUntil
+
 REDIS_SERVER = shutil.which("redis-server")
 
 needsRedis = pytest.mark.skipif(
@@ -89,18 +91,19 @@ class Redis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"redis-server on port {self.port} exited at start")
             try:
                 reply = command(self.port, "PING", timeout=1.0)
-                # PONG, or NOAUTH from a Redis with a password: either way it is up.
-                if reply == b"PONG" or isinstance(reply, hiredis.ReplyError):
-                    return
             except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
+                return False
+            # PONG, or NOAUTH from a Redis with a password: either way it is up.
+            return reply == b"PONG" or isinstance(reply, hiredis.ReplyError)
+
+        waitUntil(up, timeout, interval=0.02)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -5,6 +5,7 @@ Nothing here sleeps to synchronise: every wait is on a condition, with a deadlin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -73,6 +75,34 @@ def waitUntil(predicate: Callable[[], T], timeout: float = 10.0, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def sendWhilePumping(
+    sender: socket.socket,
+    payload: bytes,
+    pump: Callable[[float], None],
+    finished: Callable[[], bool],
+    server: psutil.Process,
+    *,
+    timeout: float = 120.0,
+) -> int:
+    """Send ``payload`` on the non-blocking ``sender`` as fast as the server takes it,
+    reading (``pump(timeout)``) meanwhile, until ``finished()``; the server's peak RSS
+    seen on the way. Fails after ``timeout`` seconds."""
+    view = memoryview(payload)
+    deadline = time.monotonic() + timeout
+    peak = server.memory_info().rss
+    rounds = 0
+    while not finished():
+        assert time.monotonic() < deadline, "the readers did not get everything in time"
+        if view:
+            with contextlib.suppress(BlockingIOError):
+                view = view[sender.send(view[: 1 << 18]) :]
+        pump(0 if view else 0.05)
+        rounds += 1
+        if rounds % 50 == 0:
+            peak = max(peak, server.memory_info().rss)
+    return max(peak, server.memory_info().rss)
 
 
 def readNow(s: socket.socket, limit: int = 1 << 20) -> bytes:

@@ -19,7 +19,7 @@ import pytest
 import websocket
 
 from netproto.web.protocol import MAX_STRIKES, OVERLONG_SLACK
-from tests.support import Twistd, runTwistd, waitUntil
+from tests.support import Twistd, runTwistd, sendWhilePumping, waitUntil
 from tests.webkit import (
     LineMember,
     RawSocketMember,
@@ -28,7 +28,6 @@ from tests.webkit import (
     handshakeStatus,
     origin,
     receiveUntil,
-    sendWhilePumping,
     upgradeRequest,
     welcomedAs,
 )

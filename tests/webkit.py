@@ -8,7 +8,6 @@ fails in CI and is skipped elsewhere, saying why.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -19,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import websocket
 
@@ -194,34 +192,6 @@ class LineMember:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def sendWhilePumping(
-    sender: socket.socket,
-    payload: bytes,
-    pump: Callable[[float], None],
-    finished: Callable[[], bool],
-    server: psutil.Process,
-    *,
-    timeout: float = 120.0,
-) -> int:
-    """Send ``payload`` on the non-blocking ``sender`` as fast as the server takes it,
-    reading (``pump(timeout)``) meanwhile, until ``finished()``; the server's peak RSS
-    seen on the way. Fails after ``timeout`` seconds."""
-    view = memoryview(payload)
-    deadline = time.monotonic() + timeout
-    peak = server.memory_info().rss
-    rounds = 0
-    while not finished():
-        assert time.monotonic() < deadline, "the readers did not get everything in time"
-        if view:
-            with contextlib.suppress(BlockingIOError):
-                view = view[sender.send(view[: 1 << 18]) :]
-        pump(0 if view else 0.05)
-        rounds += 1
-        if rounds % 50 == 0:
-            peak = max(peak, server.memory_info().rss)
-    return max(peak, server.memory_info().rss)
 
 
 def welcomedAs(lines: list[str]) -> str:
