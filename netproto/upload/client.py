@@ -39,6 +39,7 @@ from netproto.client.framed import (
     connectFramed,
 )
 from netproto.errors import ProtocolError
+from netproto.upload import digests
 from netproto.upload.names import splitName
 from netproto.upload.pipelined import Flight, sendAll, sha256Of
 from netproto.upload.remote import Entry, addTransferArguments, complain, listRemote, say
@@ -49,8 +50,6 @@ PROGRESS_DELAY: Final = float(os.environ.get("NETPROTO_PROGRESS_DELAY", "0.5"))
 #: D frames sent per reactor turn at most, so the reactor stays responsive
 #: even when the transport never asks to pause.
 FRAMES_PER_TURN: Final = 16
-#: Bytes read per call when hashing the part of a file the server already has.
-PREFIX_CHUNK: Final = 1 << 20
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -258,13 +257,10 @@ def progressBar(name: str, size: int, offset: int, quiet: bool) -> Any:
 
 
 def _hashPrefix(file: IO[bytes], length: int, hasher: Any) -> None:
-    left = length
-    while left:
-        data = file.read(min(PREFIX_CHUNK, left))
-        if not data:
-            raise ClientError("the file is shorter than the part the server has")
-        hasher.update(data)
-        left -= len(data)
+    """Hash the part the server already has; the file is then read from there."""
+    if digests.hashPrefix(file.fileno(), length, hasher) < length:
+        raise ClientError("the file is shorter than the part the server has")
+    file.seek(length)
 
 
 async def sendFile(

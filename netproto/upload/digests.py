@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Final
+from typing import Any, Final
 
 #: Where a stored file's digest is kept: ``user.`` attributes may be set by the
 #: file's owner (the server) on regular files.
@@ -87,3 +87,28 @@ def knownAt(dirFD: int, entry: str, info: os.stat_result) -> str | None:
     except OSError:
         return None
     return _parse(raw, info)
+
+
+#: Bytes read at a time by :func:`hashPrefix`: large reads for speed, one
+#: buffer reused, so hashing a file of any size holds this much.
+HASH_CHUNK: Final = 1 << 20
+
+
+def hashPrefix(fd: int, length: int, hasher: Any) -> int:
+    """Feed the first ``length`` bytes of the file ``fd`` to ``hasher`` and
+    return how many there were: fewer when the file is shorter. Read with
+    ``pread``, so ``fd``'s offset is left where it was. A hash state cannot
+    be saved, so every resume (an upload's on the server, an upload's or a
+    download's on the client) re-reads what it kept, and ``--sync`` hashes
+    whole local files, with this one function. Blocking: call it in a worker
+    thread."""
+    buf = bytearray(min(HASH_CHUNK, length))
+    view = memoryview(buf)
+    position = 0
+    while position < length:
+        n = os.preadv(fd, [view[: min(len(buf), length - position)]], position)
+        if n <= 0:
+            break
+        hasher.update(view[:n])
+        position += n
+    return position

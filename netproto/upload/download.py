@@ -37,6 +37,7 @@ from netproto.client.connection import credentials
 from netproto.client.framed import ClientError, ConnectionClosed, FramedClient, ServerError
 from netproto.codec import decodeJSON
 from netproto.errors import ProtocolError
+from netproto.upload import digests
 from netproto.upload.client import DEFAULT_PORT, progressBar
 from netproto.upload.names import splitName
 from netproto.upload.remote import (
@@ -50,8 +51,6 @@ from netproto.upload.remote import (
 
 #: Suffix of the temporary file a download lands in (hidden: a leading dot).
 PART_SUFFIX: Final = ".netproto-download"
-#: Bytes read per call when hashing a kept temporary file for a resume.
-PREFIX_CHUNK: Final = 1 << 20
 _PART_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -98,13 +97,8 @@ async def plan(client: FramedClient, name: str, output: str) -> list[tuple[Entry
 
 
 def _hashPrefix(fd: int, length: int, hasher: Any) -> None:
-    position = 0
-    while position < length:
-        data = os.pread(fd, min(PREFIX_CHUNK, length - position), position)
-        if not data:
-            raise ClientError("the kept partial download got shorter")
-        hasher.update(data)
-        position += len(data)
+    if digests.hashPrefix(fd, length, hasher) < length:
+        raise ClientError("the kept partial download got shorter")
 
 
 def _writeAll(fd: int, data: bytes) -> None:

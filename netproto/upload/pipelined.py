@@ -31,6 +31,7 @@ from twisted.internet.defer import (
 )
 
 from netproto.client.framed import ClientError, FramedClient, ServerError
+from netproto.upload import digests
 
 #: Files sent and not yet answered at most: enough to cover the server's
 #: group commits and the round trip, few enough to bound what is buffered.
@@ -139,6 +140,5 @@ def sha256Of(path: str) -> tuple[int, str]:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        size = digests.hashPrefix(f.fileno(), size, h)
     return size, h.hexdigest()

@@ -60,9 +60,6 @@ WriteFunction = Callable[[int, Sequence[Buffer]], int]
 #: Most buffers one ``writev`` call takes (Linux's IOV_MAX).
 IOV_MAX: Final = 1024
 
-#: Bytes read per call when re-hashing kept data for a resume.
-REHASH_CHUNK: Final = 1 << 20
-
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A partial file is always a new file: O_EXCL, so nothing planted under its
 #: name (a hard link to a file outside, a symbolic link, a FIFO) is ever opened.
@@ -590,7 +587,8 @@ class UploadStore:
             if resume:
                 self._checkFree(fd, size - offset, name)
             if offset:
-                self._rehash(fd, offset, hasher)
+                if digests.hashPrefix(fd, offset, hasher) < offset:
+                    raise OSError(errno.EIO, "partial file shorter than its length")
                 os.lseek(fd, offset, os.SEEK_SET)
         except BaseException:
             if not offset:
@@ -748,19 +746,6 @@ class UploadStore:
             raise ProtocolError("busy", f"{name} is being uploaded by another connection") from None
         info = os.fstat(fd)
         return info if _sameFile(info, dirFD, part) else None
-
-    def _rehash(self, fd: int, length: int, hasher: hashlib._Hash) -> None:
-        """Feed the first ``length`` bytes of ``fd`` to ``hasher`` (a hash state
-        cannot be saved, so a resume re-reads what it kept)."""
-        buf = bytearray(min(REHASH_CHUNK, length))
-        view = memoryview(buf)
-        position = 0
-        while position < length:
-            n = os.preadv(fd, [view[: min(len(buf), length - position)]], position)
-            if n <= 0:
-                raise OSError(errno.EIO, "partial file shorter than its length")
-            hasher.update(view[:n])
-            position += n
 
     # -- expiry ------------------------------------------------------------------
 
