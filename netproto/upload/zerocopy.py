@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from netproto.codec import HEADER
+from netproto.codec import frameHeader
 from netproto.directsend import Writer
 from netproto.upload.listing import Source
 
@@ -66,7 +66,7 @@ class Spans:
 def sendSpan(writer: Writer, kind: bytes, span: FileSpan) -> None:
     """Send the frame ``kind`` whose payload is ``span``; see the module docstring."""
     fd, offset, length = span
-    header = HEADER.pack(length + 1) + kind
+    header = frameHeader(kind, length)
     transport = writer.transport
     sock = writer.socket
     if sock is None or writer.queued or not transport.connected or transport.disconnecting:
