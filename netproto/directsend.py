@@ -43,7 +43,7 @@ read there, so :meth:`Writer.unsent` counts what was written since that signal.
 Only this module reads Twisted's internals: four attributes of
 ``FileDescriptor`` (``dataBuffer`` with its ``offset``, and ``_tempDataBuffer``
 with its ``_tempDataLen``: its whole output buffer), on the exact classes in
-:data:`DIRECT_TRANSPORTS`; the socket is the public ``getHandle()``. Nothing of
+:func:`directTransports`; the socket is the public ``getHandle()``. Nothing of
 Twisted's is changed or patched. ``tests/test_writer_canaries.py`` holds Twisted
 to these assumptions over real sockets, so an upgrade that breaks them fails
 there first.
@@ -51,19 +51,29 @@ there first.
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Sequence
 from typing import Any, Final
 
-from twisted.internet import tcp, unix
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from zope.interface import implementer
 
-#: Transport classes whose buffering is exactly ``dataBuffer`` + ``_tempDataBuffer``
-#: and whose handle is the connection's non-blocking stream socket (exact classes:
-#: a subclass may write otherwise). UNIX ``Server`` can also queue file descriptors
-#: to pass; netproto never passes any.
-DIRECT_TRANSPORTS: Final[frozenset[type]] = frozenset({tcp.Server, unix.Server})
+
+@functools.cache
+def directTransports() -> frozenset[type]:
+    """Transport classes whose buffering is exactly ``dataBuffer`` + ``_tempDataBuffer``
+    and whose handle is the connection's non-blocking stream socket (exact classes:
+    a subclass may write otherwise). UNIX ``Server`` can also queue file descriptors
+    to pass; netproto never passes any.
+
+    Imported on first use, not with this module: ``twisted.internet.tcp`` brings
+    pyOpenSSL with it, which a server without TLS keeps out (:mod:`netproto.tlsimports`).
+    """
+    from twisted.internet import tcp, unix
+
+    return frozenset({tcp.Server, unix.Server})
+
 
 #: Writes shorter than this in all are joined and sent with one ``send``; longer
 #: ones go with one ``sendmsg`` of their parts (a large payload is not copied).
@@ -77,7 +87,7 @@ PAUSE_THRESHOLD: Final = 64 * 1024
 
 def directSocket(transport: Any) -> socket.socket | None:
     """The socket a :class:`Writer` may send on itself, or None for any other transport."""
-    if type(transport) in DIRECT_TRANSPORTS and not getattr(transport, "TLS", False):
+    if type(transport) in directTransports() and not getattr(transport, "TLS", False):
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
             return handle

@@ -415,6 +415,8 @@ class MetricsEndpoint:
     #: Plain HTTP even with --tls: the numbers carry no credential, and a
     #: scraper would have to pin the self-signed certificate.
     tls: bool = False
+    #: Its endpoint is among those netproto.tap checks; prometheus_client needs no pyOpenSSL.
+    usesOpenSSL: None = None
 
     def build(self, context: ServerContext) -> MetricsFactory:
         return MetricsFactory(self.registry, context.reactor)

@@ -25,7 +25,6 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -134,6 +133,13 @@ class INetprotoService(Interface):
         "bool or None: whether ``--tls`` serves this service over TLS. Optional: None "
         "or absent means yes for framed services (they carry the token), no for others."
     )
+    usesOpenSSL = Attribute(
+        "callable taking the parsed options (a mapping) and returning whether this "
+        "service, served with them, may import pyOpenSSL (TLS of its own, a client "
+        "library that imports it). Optional: None or absent means it may. When no "
+        "served service may and nothing else asks for TLS, ``twistd netproto`` keeps "
+        "pyOpenSSL out of the process (:mod:`netproto.tlsimports`)."
+    )
 
     def build(context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         """A protocol factory (stream) or a datagram protocol (datagram) to serve."""
@@ -181,10 +187,23 @@ class LazyService:
     client: ClientCommand | None = None
     moreClients: Mapping[str, ClientCommand] = field(default_factory=dict)
     tls: bool | None = None
+    usesOpenSSL: Callable[[Mapping[str, Any]], bool] | None = None
 
     def build(self, context: ServerContext) -> IProtocolFactory | DatagramProtocol:
         built: IProtocolFactory | DatagramProtocol = namedAny(self.builder)(context)
         return built
+
+
+def never(options: Mapping[str, Any]) -> bool:
+    """A service's :attr:`~INetprotoService.usesOpenSSL` when nothing it does imports pyOpenSSL."""
+    return False
+
+
+def mayUseOpenSSL(service: INetprotoService, options: Mapping[str, Any]) -> bool:
+    """Whether ``service``, served with ``options``, may import pyOpenSSL
+    (see :attr:`INetprotoService.usesOpenSSL`)."""
+    declared = getattr(service, "usesOpenSSL", None)
+    return declared is None or bool(declared(options))
 
 
 class ServiceError(Exception):
@@ -317,6 +336,9 @@ class ListeningService(Service):
             portNumber, interface = parseDatagramEndpoint(self.description)
             self._listening(self.context.reactor.listenUDP(portNumber, built, interface=interface))
             return
+        # Here, not with this module: endpoints imports pyOpenSSL when it can (netproto.tlsimports).
+        from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+
         endpoint = serverFromString(self.context.reactor, self.description)
         served = built
         tls = self.context.tls

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from twisted.application.service import IServiceCollection
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from netproto import services
 from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FramedFactory
 from netproto.runtime import raiseFileLimit
 from netproto.services import (
@@ -191,7 +191,7 @@ class LateEndpoint:
 @pytest.fixture
 def late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LateEndpoint:
     endpoint = LateEndpoint(tmp_path)
-    monkeypatch.setattr(services, "serverFromString", lambda reactor, description: endpoint)
+    monkeypatch.setattr(endpoints, "serverFromString", lambda reactor, description: endpoint)
     endpoint.listener.startService()
     return endpoint
 

@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor, ssl, tcp, unix
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
-from netproto.directsend import DIRECT_TRANSPORTS, PAUSE_THRESHOLD, Writer, directSocket
+from netproto.directsend import PAUSE_THRESHOLD, Writer, directSocket, directTransports
 from tests.support import eventually, readNow
 
 SMALL = 4096  # socket buffer sizes that make the kernel refuse data early
@@ -71,7 +71,7 @@ async def test_a_socket_server_transport_is_as_the_writer_assumes(
         (proto,) = await eventually(lambda: made)
         transport: Any = proto.transport
         actual: type = type(transport)
-        assert actual is kind and kind in DIRECT_TRANSPORTS
+        assert actual is kind and kind in directTransports()
         sock = directSocket(transport)
         assert sock is transport.getHandle() and sock is not None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)

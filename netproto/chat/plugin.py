@@ -10,7 +10,8 @@ Every limit is explained in ``docs/chat.md``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from netproto.chat.config import ChatConfig
 from netproto.chat.redisurl import redisURL
@@ -32,12 +33,19 @@ def buildFactory(context: ServerContext) -> ChatFactory:
     return factory
 
 
+def usesRedis(options: Mapping[str, Any]) -> bool:
+    """Whether the chat is clustered (``--chat-redis``): txredisapi imports
+    pyOpenSSL whatever the URL, so the server keeps it (netproto.tlsimports)."""
+    return options.get("chat-redis") is not None
+
+
 service = LazyService(
     name="chat",
     description="multi-user chat for telnet, netcat and `netproto chat` (LineReceiver)",
     defaultEndpoint="tcp:8000:interface=127.0.0.1",
     builder="netproto.chat.plugin.buildFactory",
     enabledByDefault=True,
+    usesOpenSSL=usesRedis,
     client=ClientCommand(
         "netproto.chat.client", "join the chat (interactive, or lines from stdin)"
     ),

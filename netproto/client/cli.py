@@ -21,8 +21,10 @@ from typing import Any
 from twisted.internet import defer, task
 
 from netproto import __version__
+from netproto.client.connection import usesTLS
 from netproto.client.framed import ClientError
 from netproto.services import ClientCommand, ServiceError, discoverServices
+from netproto.tlsimports import keepOpenSSLOut
 
 #: The subcommand netproto itself brings (no service behind it).
 OWN_COMMAND = "passwd"
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = next((word for word in argv if not word.startswith("-")), None)
     args = buildParser(commands, chosen).parse_args(argv)
     try:
+        if not usesTLS(args):
+            keepOpenSSLOut()  # before the reactor's import: 0.1 s sooner
         if args.module is None:
             code = passwd(args)
         else:

@@ -16,15 +16,18 @@ import getpass
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from netproto.auth import AuthSetupError, readClientToken
 from netproto.client.framed import ClientError
 from netproto.tap import defaultDataDir
 from netproto.tls import parseFingerprint
+from netproto.tlsimports import plainEndpoint
+
+if TYPE_CHECKING:
+    from netproto.client.pinning import KnownServers
 
 
 def addConnectionArguments(parser: argparse.ArgumentParser, defaultPort: int) -> None:
@@ -115,42 +118,60 @@ def _port(text: str, server: str) -> int:
     return int(text)
 
 
+def _target(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """Where ``args`` connect: the name the server is pinned under, the host
+    name for SNI (None with ``--endpoint``) and the client endpoint description."""
+    if args.endpoint:
+        return args.endpoint, None, args.endpoint
+    host, port = parseServer(args.server or "127.0.0.1", args.defaultPort)
+    escaped = host.replace(":", "\\:")  # IPv6 colons are escaped in endpoint strings
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return server, host, f"tcp:host={escaped}:port={port}"
+
+
+def usesTLS(args: argparse.Namespace) -> bool:
+    """Whether the connection ``args`` ask for may be TLS: ``--tls``,
+    ``--fingerprint``, a server pinned in known_servers, or an ``--endpoint``
+    of another type than plain TCP or UNIX. False for a command that does not
+    connect. The client keeps pyOpenSSL out otherwise (:mod:`netproto.tlsimports`)."""
+    if not hasattr(args, "endpoint"):
+        return False
+    server, _, description = _target(args)
+    return not plainEndpoint(description) or _pinnedTLS(server, args) is not None
+
+
+def _pinnedTLS(server: str, args: argparse.Namespace) -> KnownServers | None:
+    """The known_servers file when the connection to ``server`` is TLS checked against a pin."""
+    from netproto.client.pinning import KnownServers, defaultKnownServers
+
+    known = KnownServers(getattr(args, "known_servers", None) or defaultKnownServers())
+    if getattr(args, "tls", False) or getattr(args, "fingerprint", None) or known.lookup(server):
+        return known
+    return None
+
+
 def clientEndpoint(reactor: Any, args: argparse.Namespace) -> IStreamClientEndpoint:
     """The endpoint from ``--endpoint``, else ``--server``, else 127.0.0.1 and the
     default port; over TLS with a pinned certificate when asked or pinned."""
-    if args.endpoint:
-        try:
-            endpoint: IStreamClientEndpoint = clientFromString(reactor, args.endpoint)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ClientError(f"--endpoint {args.endpoint!r}: {e}") from None
-        return pinned(endpoint, args.endpoint, None, args)
-    host, port = parseServer(args.server or "127.0.0.1", args.defaultPort)
-    escaped = host.replace(":", "\\:")  # IPv6 colons are escaped in endpoint strings
-    endpoint = clientFromString(reactor, f"tcp:host={escaped}:port={port}")
-    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return pinned(endpoint, server, host, args)
+    # Here, not above: endpoints imports pyOpenSSL when it can (netproto.tlsimports).
+    from twisted.internet.endpoints import clientFromString, wrapClientTLS
 
-
-def pinned(
-    endpoint: IStreamClientEndpoint, server: str, host: str | None, args: argparse.Namespace
-) -> IStreamClientEndpoint:
-    """``endpoint`` over TLS checked against the pin of ``server`` when TLS is
-    asked for or ``server`` is pinned; else ``endpoint`` itself.
-
-    :param host: the host name to send in SNI (an address is not sent).
-    """
-    from netproto.client.pinning import KnownServers, PinningCreator, defaultKnownServers
-
-    known = KnownServers(getattr(args, "known_servers", None) or defaultKnownServers())
-    expected = getattr(args, "fingerprint", None)
-    if not (getattr(args, "tls", False) or expected or known.lookup(server)):
+    server, host, description = _target(args)
+    try:
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ClientError(f"--endpoint {args.endpoint!r}: {e}") from None
+    known = _pinnedTLS(server, args)
+    if known is None:
         return endpoint
     if args.endpoint and args.endpoint.split(":", 1)[0] in ("tls", "ssl"):
         raise ClientError(
             f"--endpoint {args.endpoint!r} is TLS checked against a CA already; "
             "--tls, --fingerprint and known_servers are for a server run with --tls"
         )
-    creator = PinningCreator(server, known, expected, _nameOnly(host))
+    from netproto.client.pinning import PinningCreator
+
+    creator = PinningCreator(server, known, getattr(args, "fingerprint", None), _nameOnly(host))
     return wrapClientTLS(creator, endpoint)
 
 

@@ -28,15 +28,17 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netproto.client.framed import ClientError
 from netproto.tls import fingerprintOf, writePrivate
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
 
 #: ssh's words, so that nobody reads past it.
 CHANGED_BANNER: Final = (
@@ -146,6 +148,8 @@ class PinningCreator:
         self.say = say if say is not None else _stderr
         #: The fingerprint the server presented, once checked.
         self.seen: str | None = None
+        from OpenSSL import SSL  # here, not above: KnownServers is used without TLS
+
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         # Trust comes from the fingerprint, checked below, not from a CA.
@@ -154,6 +158,8 @@ class PinningCreator:
         self._context = context
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        from OpenSSL import SSL
+
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         if self.hostname:
@@ -161,6 +167,8 @@ class PinningCreator:
         return connection
 
     def _info(self, connection: SSL.Connection, where: int, ret: int) -> None:
+        from OpenSSL import SSL
+
         failed = ret == 0 or connection.get_state_string() == b"error"  # -1 alone: waiting
         if where & SSL.SSL_CB_EXIT and failed and self.seen is None:
             connection.get_app_data().failVerification(Failure(ClientError(self._noTLS())))

@@ -1,6 +1,6 @@
 """Declarations of the example services (served only with ``--service``)."""
 
-from netproto.services import LazyService
+from netproto.services import LazyService, never
 
 echo = LazyService(
     name="echo",
@@ -8,6 +8,7 @@ echo = LazyService(
     defaultEndpoint="tcp:8007:interface=127.0.0.1",
     builder="netproto.examples.echo.makeEchoFactory",
     optParameters=[["echo-max-line", None, 16384, "longest echo line in bytes", int]],
+    usesOpenSSL=never,
 )
 
 dgramEcho = LazyService(
@@ -16,4 +17,5 @@ dgramEcho = LazyService(
     defaultEndpoint="udp:8007:interface=127.0.0.1",
     builder="netproto.examples.echo.DatagramEcho",
     kind="datagram",
+    usesOpenSSL=never,
 )

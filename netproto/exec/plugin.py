@@ -17,7 +17,7 @@ from netproto.exec.policy import (
     RESTRICTED_ENV_ACCEPT,
 )
 from netproto.options import positive, seconds
-from netproto.services import ClientCommand, LazyService
+from netproto.services import ClientCommand, LazyService, never
 
 service = LazyService(
     name="exec",
@@ -25,6 +25,7 @@ service = LazyService(
     defaultEndpoint="tcp:8001:interface=127.0.0.1",
     builder="netproto.exec.server.makeFactory",
     enabledByDefault=True,
+    usesOpenSSL=never,
     client=ClientCommand("netproto.exec.client", "run a command on the server, like ssh HOST CMD"),
     optParameters=[
         [

@@ -8,7 +8,7 @@ Imported whenever plugins are discovered, so it imports nothing heavy.
 from typing import Final
 
 from netproto.options import count, seconds
-from netproto.services import ClientCommand, LazyService
+from netproto.services import ClientCommand, LazyService, never
 
 #: Bytes of free space an upload must leave on the upload directory's file
 #: system: room for the server's own logs and state, and for the rest of the
@@ -30,6 +30,7 @@ service = LazyService(
     defaultEndpoint="tcp:8002:interface=127.0.0.1",
     builder="netproto.upload.server.makeFactory",
     enabledByDefault=True,
+    usesOpenSSL=never,
     client=ClientCommand("netproto.upload.client", "upload files and directories, verified"),
     moreClients={
         "ls": ClientCommand("netproto.upload.ls", "list the files on the upload service"),

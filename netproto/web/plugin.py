@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from netproto.chat.plugin import usesRedis
 from netproto.services import LazyService
 
 #: ``--web-origins`` value that lets a page from anywhere open the chat WebSocket.
@@ -51,6 +52,7 @@ service = LazyService(
     defaultEndpoint="tcp:8080:interface=127.0.0.1",
     builder="netproto.web.server.makeSite",
     enabledByDefault=True,
+    usesOpenSSL=usesRedis,  # the chat's own factory, clustered with --chat-redis
     tls=True,  # twistd netproto --tls serves the page and the WebSocket over TLS (https, wss)
     optParameters=[
         [
