@@ -1,13 +1,12 @@
 """A real redis-server for the chat cluster's tests: private, on a free loopback port,
 its files in a temp dir, nothing saved to disk; waited for with a deadline.
 
-Debian's ``redis-server`` package (installed by ``.ci/run``); tests that need it are
-skipped with the reason where it is missing, never silently passed.
+Debian's ``redis-server`` package (installed by ``.ci/run``); a test that starts one
+fails where it is missing, saying so (:func:`tests.programs.required`).
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -17,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import hiredis
-import pytest
 
+from tests.programs import required
 from tests.support import waitUntil
-
-REDIS_SERVER = shutil.which("redis-server")
-
-needsRedis = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
-)
 
 
 def freePort() -> int:
@@ -82,9 +75,9 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> None:
-        assert REDIS_SERVER is not None
+        program = required("redis-server", "redis-server")
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            [program, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.directory), "--save", "", "--appendonly", "no", "--daemonize", "no",
              *self.extra],
             stdout=subprocess.DEVNULL,

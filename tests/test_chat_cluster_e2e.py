@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.rediskit import LineClient, Redis, needsRedis, redisServer
+from tests.rediskit import LineClient, Redis, redisServer
 from tests.support import Twistd, runTwistd
 from tests.webkit import connectSocket, receiveUntil, welcomedAs
 
-pytestmark = [needsRedis, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 _names = itertools.count(1)
 

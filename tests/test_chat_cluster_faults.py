@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.rediskit import LineClient, Redis, needsRedis, redisServer
+from tests.rediskit import LineClient, Redis, redisServer
 from tests.support import Twistd, runTwistd, waitUntil
 
-pytestmark = [needsRedis, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 #: A generous bound on the promised 15 s: the test checks the promise's
 #: substance (the quit comes, the nick is free), not the machine's speed; the

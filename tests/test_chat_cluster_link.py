@@ -17,10 +17,8 @@ from netproto.chat.redislink import RedisLink
 from netproto.chat.redisurl import RedisAddress
 from netproto.chat.scripts import SCRIPTS
 from tests.chatkit import Fake
-from tests.rediskit import Redis, command, freePort, needsRedis
+from tests.rediskit import Redis, command, freePort
 from tests.support import eventually
-
-pytestmark = [needsRedis]
 
 PASSWORD = "s3cret:/@"  # characters a URL must escape
 

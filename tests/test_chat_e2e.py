@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pexpect
 import psutil
 import pytest
 
+from tests.programs import required
 from tests.support import NETPROTO, Twistd, runTwistd, sendWhilePumping, waitUntil
 
 pytestmark = pytest.mark.e2e
@@ -64,21 +64,17 @@ def sendUntilRefused(sock: socket.socket) -> None:
         sock.send(b"still there?\n")
 
 
-def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{program} is not installed: .ci/run must install it")
-        pytest.skip(f"{program} is not installed (CI installs it; see .ci/run)")
-    return path
+def need(program: str, package: str) -> str:
+    """``program``'s path; the test fails where Debian's ``package`` is not installed."""
+    return required(program, package)
 
 
 @pytest.mark.slow
 def test_real_telnet_and_netcat_talk_both_ways(chat: Twistd) -> None:
     """The real ``telnet`` and ``nc`` programs join, rename, talk both ways and quit."""
     port = chat.port("chat")
-    telnet = pexpect.spawn(need("telnet"), ["127.0.0.1", str(port)], timeout=15)
-    nc = pexpect.spawn(need("nc"), ["127.0.0.1", str(port)], timeout=15)
+    telnet = pexpect.spawn(need("telnet", "telnet"), ["127.0.0.1", str(port)], timeout=15)
+    nc = pexpect.spawn(need("nc", "netcat-openbsd"), ["127.0.0.1", str(port)], timeout=15)
     try:
         telnet.expect(r"You are (guest\d+) in #lobby")
         nc.expect(r"You are (guest\d+) in #lobby")

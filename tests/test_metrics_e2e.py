@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import socket
 import subprocess
 import urllib.error
@@ -20,11 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.adversarial.outside import readUntil
+from tests.programs import required
 from tests.support import BlockingFramed, Twistd, runTwistd, waitUntil
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -83,7 +82,6 @@ def get(conn: BlockingFramed, name: str, offset: int) -> bytes:
     return data
 
 
-@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool (Debian's prometheus) missing")
 def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
     tmp_path: Path,
 ) -> None:
@@ -131,7 +129,10 @@ def test_a_scrape_during_traffic_passes_promtool_and_counts_what_happened(
                 urllib.request.urlopen(f"http://127.0.0.1:{server.port('metrics')}/", timeout=10)
 
         checked = subprocess.run(
-            [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+            [required("promtool", "prometheus"), "check", "metrics"],
+            input=text.encode(),
+            capture_output=True,
+            timeout=30,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
 

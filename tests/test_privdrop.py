@@ -1,9 +1,10 @@
 """Privilege drop: ``twistd --uid/--gid netproto`` started as root binds its ports,
 then runs as the given user, which owns the server's state and runs its commands.
 
-Run as root (as here and in CI), with the unprivileged ``nobody``/``nogroup``
-every Debian system has. The server's files live in a directory that user can
-reach (pytest's own temporary directories are root's alone).
+Run as root (as here and in CI; a test that needs root fails otherwise, saying
+so), with the unprivileged ``nobody``/``nogroup`` every Debian system has. The
+server's files live in a directory that user can reach (pytest's own temporary
+directories are root's alone).
 """
 
 from __future__ import annotations
@@ -28,7 +29,22 @@ from tests.support import NETPROTO, TWISTD, runTwistd, twistdEnv, waitUntil
 
 USER, GROUP = "nobody", "nogroup"
 
-asRoot = pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+
+def requireRoot() -> None:
+    """Fail the calling test unless it runs as root (CI runs the suite as root)."""
+    if os.getuid() != 0:
+        pytest.fail(
+            "the privilege-drop tests need root: run the suite as root, as .ci/run does",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def root() -> None:
+    requireRoot()
+
+
+asRoot = pytest.mark.usefixtures("root")
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@ a blocking telnet-style member, and headless chromium driven by Selenium.
 
 The browser is Debian's: ``/usr/bin/chromium`` and ``/usr/bin/chromedriver``
 (``.ci/run`` installs both); nothing is ever downloaded. Without them a test
-fails in CI and is skipped elsewhere, saying why.
+fails, saying what to install.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import websocket
+
+from tests.programs import required
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -207,13 +206,9 @@ def welcomedAs(lines: list[str]) -> str:
 
 
 def needBrowser() -> None:
-    """Fail in CI, skip elsewhere, when Debian's chromium or its driver is missing."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
-        why = f"{', '.join(missing)} not installed (.ci/run installs chromium and chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    """Fail the test when Debian's chromium or its driver is missing."""
+    required(CHROMIUM, "chromium")
+    required(CHROMEDRIVER, "chromium-driver")
 
 
 @contextmanager

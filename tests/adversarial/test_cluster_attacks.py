@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom, readUntil, serving
-from tests.rediskit import Redis, command, needsRedis, redisServer
+from tests.rediskit import Redis, command, redisServer
 from tests.support import waitUntil
 
-pytestmark = [needsRedis, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 
 DEADLINE = 30.0
 
