@@ -12,6 +12,11 @@ well-defined expiration date"): a pinned certificate that expired would have
 to be replaced, and every client would see a changed identity. Nothing checks
 its names either; its subject only says which host made it.
 
+A handshake has a deadline (:class:`HandshakeDeadline`): a client that
+connects and sends nothing, or half a ``ClientHello``, is cut off once the
+deadline of an unfinished frame (``--frame-timeout``, 30 s) has passed since it
+connected, as a frame trickled that slowly would be.
+
 Light on purpose: ``cryptography`` and ``twisted.internet.ssl`` are imported
 only when a certificate is made or loaded.
 """
@@ -25,9 +30,17 @@ import hashlib
 import os
 import re
 import socket
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 #: Files in ``DATA_DIR``: the private key (0600) and the certificate.
 KEY_FILE: Final = "tls-key.pem"
@@ -94,11 +107,20 @@ class ServerCertificate:
     certPEM: bytes
     fingerprint: str
 
-    def contextFactory(self) -> Any:
-        """Twisted's server TLS options for this certificate: TLS 1.2 at least.
+    def contextFactory(
+        self, handshakeTimeout: float | None = None, reactor: IReactorTime | None = None
+    ) -> HandshakeDeadline:
+        """Twisted's server TLS options for this certificate: TLS 1.2 at least,
+        each handshake within its deadline (:class:`HandshakeDeadline`).
 
-        The value is a :class:`twisted.internet.ssl.CertificateOptions`
-        (an ``IOpenSSLServerConnectionCreator``) for ``TLSMemoryBIOFactory``.
+        The value is an ``IOpenSSLServerConnectionCreator`` for
+        ``TLSMemoryBIOFactory``.
+
+        :param handshakeTimeout: seconds a handshake may take from the
+            connection (0: no deadline); None: the served factory's
+            ``frameTimeout`` (``--frame-timeout``), else
+            :data:`netproto.framing.DEFAULT_FRAME_TIMEOUT`.
+        :param reactor: whose clock the deadlines run on (default: the global reactor).
         """
         from OpenSSL import SSL
         from twisted.internet import ssl
@@ -117,7 +139,79 @@ class ServerCertificate:
         options.getContext().set_alpn_select_callback(
             lambda connection, offered: SSL.NO_OVERLAPPING_PROTOCOLS
         )
-        return options
+        if reactor is None:
+            from twisted.internet import reactor as installed
+
+            reactor = installed
+        return HandshakeDeadline(options, reactor, handshakeTimeout)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class HandshakeDeadline:
+    """Server TLS options whose handshakes end within a deadline from the connection.
+
+    Why: a client that connects and sends nothing, or part of a
+    ``ClientHello``, held its connection until the framed protocol's grace
+    period (30 s) ended, and then 10 s more (``CLOSE_GRACE``): the ``E timeout``
+    it was to be told waited for a handshake that never came. The web page's
+    connections waited for twisted.web's 60 s. An unfinished handshake is an
+    unfinished frame of the transport's own, so it gets the frame deadline
+    (``--frame-timeout``): past it the connection is aborted (no ``E`` can be
+    sent without TLS). A handshake that completes, however late its
+    application data, is not touched.
+
+    :param options: the certificate's ``CertificateOptions``.
+    :param reactor: whose ``callLater`` runs the deadlines.
+    :param timeout: see :meth:`ServerCertificate.contextFactory`.
+    """
+
+    def __init__(self, options: Any, reactor: IReactorTime, timeout: float | None = None) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.timeout = timeout
+
+    def getContext(self) -> SSL.Context:
+        """The OpenSSL context of every connection (``IOpenSSLContextFactory``)."""
+        context: SSL.Context = self.options.getContext()
+        return context
+
+    def deadlineFor(self, protocol: TLSMemoryBIOProtocol) -> float:
+        """Seconds ``protocol``'s handshake may take: :attr:`timeout` if given,
+        else the served factory's frame deadline."""
+        if self.timeout is not None:
+            return self.timeout
+        from netproto.framing import DEFAULT_FRAME_TIMEOUT
+
+        served = getattr(getattr(protocol, "factory", None), "wrappedFactory", None)
+        return float(getattr(served, "frameTimeout", DEFAULT_FRAME_TIMEOUT))
+
+    def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """The OpenSSL connection of a new TLS connection, its deadline armed."""
+        from OpenSSL import SSL
+
+        connection: SSL.Connection = self.options.serverConnectionForTLS(protocol)
+        timeout = self.deadlineFor(protocol)
+        if timeout <= 0:
+            return connection
+        # Weakly: a connection gone before its deadline is not kept alive by it.
+        expired = self.reactor.callLater(timeout, _handshakeExpired, weakref.ref(protocol))
+
+        def handshakeDone(connection: SSL.Connection, where: int, ret: int) -> None:
+            if where & SSL.SSL_CB_HANDSHAKE_DONE and expired.active():
+                expired.cancel()
+
+        connection.set_info_callback(handshakeDone)
+        return connection
+
+
+def _handshakeExpired(reference: weakref.ref[TLSMemoryBIOProtocol]) -> None:
+    """A handshake's deadline passed: abort its connection unless it finished."""
+    protocol = reference()
+    if protocol is None or not protocol.connected:
+        return
+    connection = protocol.getHandle()
+    if connection is not None and connection.get_peer_finished() is None:
+        protocol.abortConnection()
 
 
 def loadOrCreate(dataDir: Path, hostname: str | None = None) -> ServerCertificate:

@@ -15,8 +15,9 @@ from contextlib import AbstractContextManager, contextmanager
 import psutil
 import pytest
 
-from tests.adversarial.outside import ABUSER, HONEST, Target, connectFrom
+from tests.adversarial.outside import ABUSER, HONEST, Target, closedWithin, connectFrom
 from tests.support import BlockingFramed, waitUntil
+from tests.test_tls_handshake import halfAClientHello
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +27,11 @@ Serve = Callable[..., AbstractContextManager[Target]]
 #: for a client that does not read: a few of Twisted's 64 KiB write thresholds and
 #: socket buffers, far below what an unbounded queue would take in the same time.
 BOUND = 16 * 1024 * 1024
+
+#: ``--frame-timeout`` here: the deadline of a handshake too.
+FRAME_TIMEOUT = 2
+#: What a loaded machine may add to a deadline; far less than the login grace (30 s).
+MARGIN = 8
 
 
 @contextmanager
@@ -85,3 +91,27 @@ def test_a_tls_client_that_stops_reading_pauses_the_command(netproto: Serve) -> 
                 assert frame is not None and frame[0] == b"1"
             waitUntil(lambda: written(command) > stalled, timeout=30)
             abuser.sendJSON(b"S", {"signal": "KILL"})
+
+
+def test_a_handshake_never_finished_is_cut_off_at_the_frame_deadline(netproto: Serve) -> None:
+    """Attack: connect to a ``--tls`` server and send nothing, or half a
+    ``ClientHello``, to hold a connection (and its descriptor) without ever
+    authenticating. Expected: each is cut off once ``--frame-timeout`` (2 s
+    here) has passed since it connected, not before; before, both stayed for
+    the login grace (30 s) and 10 s more (the ``E timeout`` queued for them
+    waited for the handshake). An honest TLS client that finished its handshake
+    before them keeps its session past that deadline. Measure: each abuser's
+    socket open at 1 s and closed (EOF or reset) within the deadline and a
+    margin for a loaded machine; the honest client's command answered after."""
+    with netproto("--tls", "--frame-timeout", str(FRAME_TIMEOUT), services=("exec",)) as target:
+        port = target.port("exec")
+        with tlsClient(HONEST, port) as honest:
+            honest.login(target.token, "exec")
+            with connectFrom(ABUSER, port) as silent, connectFrom(ABUSER, port) as half:
+                half.sendall(halfAClientHello())
+                assert not closedWithin(silent, FRAME_TIMEOUT / 2)
+                assert closedWithin(silent, FRAME_TIMEOUT + MARGIN)
+                assert closedWithin(half, FRAME_TIMEOUT + MARGIN)
+            honest.sendJSON(b"R", {"argv": ["echo", "served"]})
+            honest.recvJSON(b"K")
+            assert honest.recv() == (b"1", b"served\n")
