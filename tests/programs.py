@@ -6,6 +6,7 @@ installs them all, so a skip there would only hide a CI that lost one.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -22,3 +23,12 @@ def required(program: str, package: str) -> str:
             pytrace=False,
         )
     return path
+
+
+def requireRoot() -> None:
+    """Fail the calling test unless it runs as root (CI runs the suite as root)."""
+    if os.getuid() != 0:
+        pytest.fail(
+            "the privilege-drop tests need root: run the suite as root, as .ci/run does",
+            pytrace=False,
+        )

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -303,3 +304,17 @@ def runTwistd(
 def waitDeferred(d: Deferred[T], timeout: float = 10.0) -> Deferred[T]:
     """``d`` with a deadline: it fails with TimeoutError if it has not fired in time."""
     return d.addTimeout(timeout, globalReactor)
+
+
+def halfAClientHello() -> bytes:
+    """The first half of a real ``ClientHello``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16"  # a handshake record
+    return hello[: len(hello) // 2]

@@ -64,17 +64,12 @@ def sendUntilRefused(sock: socket.socket) -> None:
         sock.send(b"still there?\n")
 
 
-def need(program: str, package: str) -> str:
-    """``program``'s path; the test fails where Debian's ``package`` is not installed."""
-    return required(program, package)
-
-
 @pytest.mark.slow
 def test_real_telnet_and_netcat_talk_both_ways(chat: Twistd) -> None:
     """The real ``telnet`` and ``nc`` programs join, rename, talk both ways and quit."""
     port = chat.port("chat")
-    telnet = pexpect.spawn(need("telnet", "telnet"), ["127.0.0.1", str(port)], timeout=15)
-    nc = pexpect.spawn(need("nc", "netcat-openbsd"), ["127.0.0.1", str(port)], timeout=15)
+    telnet = pexpect.spawn(required("telnet", "telnet"), ["127.0.0.1", str(port)], timeout=15)
+    nc = pexpect.spawn(required("nc", "netcat-openbsd"), ["127.0.0.1", str(port)], timeout=15)
     try:
         telnet.expect(r"You are (guest\d+) in #lobby")
         nc.expect(r"You are (guest\d+) in #lobby")

@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 
 from tests import rediskit, webkit
-from tests.programs import required
-from tests.test_chat_e2e import need
-from tests.test_privdrop import requireRoot
+from tests.programs import required, requireRoot
 
 
 @pytest.fixture
@@ -65,7 +63,7 @@ def test_browser_tests_fail_without_chromium() -> None:
 def test_telnet_tests_fail_without_telnet() -> None:
     """Without telnet the chat's end-to-end test with it fails, outside CI too."""
     with pytest.raises(pytest.fail.Exception, match="Debian package telnet"):
-        need("telnet", "telnet")
+        required("telnet", "telnet")
 
 
 def test_privilege_drop_tests_fail_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,18 +25,10 @@ import psutil
 import pytest
 
 from netproto.runtime import RunAs, closedTo, handOver, plannedDrop
+from tests.programs import requireRoot
 from tests.support import NETPROTO, TWISTD, runTwistd, twistdEnv, waitUntil
 
 USER, GROUP = "nobody", "nogroup"
-
-
-def requireRoot() -> None:
-    """Fail the calling test unless it runs as root (CI runs the suite as root)."""
-    if os.getuid() != 0:
-        pytest.fail(
-            "the privilege-drop tests need root: run the suite as root, as .ci/run does",
-            pytrace=False,
-        )
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ memory (``iosim``) for the handshake that completes.
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from twisted.test.iosim import FakeTransport, connectedServerAndClient
 
 from netproto.framing import DEFAULT_FRAME_TIMEOUT
 from netproto.tls import HandshakeDeadline, loadOrCreate
+from tests.support import halfAClientHello
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -46,20 +45,6 @@ def serverProtocol(
     protocol = factory.buildProtocol(ADDRESS)
     assert isinstance(protocol, TLSMemoryBIOProtocol)
     return protocol
-
-
-def halfAClientHello() -> bytes:
-    """The first half of a real ``ClientHello``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = context.wrap_bio(incoming, outgoing)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        client.do_handshake()
-    hello = outgoing.read()
-    assert hello[:1] == b"\x16"  # a handshake record
-    return hello[: len(hello) // 2]
 
 
 def test_a_client_that_sends_nothing_is_aborted_at_the_deadline(tmp_path: Path) -> None:

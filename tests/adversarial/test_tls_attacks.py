@@ -16,8 +16,7 @@ import psutil
 import pytest
 
 from tests.adversarial.outside import ABUSER, HONEST, Target, closedWithin, connectFrom
-from tests.support import BlockingFramed, waitUntil
-from tests.test_tls_handshake import halfAClientHello
+from tests.support import BlockingFramed, halfAClientHello, waitUntil
 
 pytestmark = pytest.mark.e2e
 
