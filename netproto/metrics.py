@@ -102,7 +102,8 @@ class EventCounts:
     uploads: Counter[str] = field(default_factory=Counter)
     uploadBytes: Counter[str] = field(default_factory=Counter)
     uploadsLeft: Counter[str] = field(default_factory=Counter)
-    #: Downloads started, and the bytes they were to send (size less the offset).
+    #: Downloads started, and the bytes of data they sent (a download cut short
+    #: counts what was sent; counted when a download ends).
     downloads: Counter[str] = field(default_factory=Counter)
     downloadBytes: Counter[str] = field(default_factory=Counter)
 
@@ -151,7 +152,9 @@ class EventCounts:
     def _transfer(self, event: LogEvent) -> None:
         if event.get("what") == "fetches":
             self.downloads["upload"] += 1
-            self.downloadBytes["upload"] += _count(event.get("size")) - _count(event.get("offset"))
+
+    def _downloadSent(self, event: LogEvent) -> None:
+        self.downloadBytes["upload"] += _count(event.get("sent"))
 
     def _left(self, event: LogEvent) -> None:
         self.uploadsLeft["upload"] += 1
@@ -193,6 +196,7 @@ EVENT_FORMATS: Final[Mapping[str, Callable[[EventCounts, LogEvent], None]]] = {
     "upload: {peer} ({user}) stored {name} ({size} bytes, sha256 {sha256})": EventCounts._stored,
     "upload: {peer} ({user}) {what} {name} ({size} bytes from {offset})": EventCounts._transfer,
     "upload: {peer} left during {name} at {received} of {size} bytes ({what})": EventCounts._left,
+    "upload: {peer} was sent {sent} bytes of data ({how})": EventCounts._downloadSent,
     SUMMARY_FORMAT: EventCounts._summary,
 }
 EventCounts.formats.update(EVENT_FORMATS)
@@ -328,7 +332,7 @@ def collect(counts: EventCounts, services: Iterable[ListeningService]) -> list[M
     out.counter("netproto_downloads", "Downloads started (G).", SERVICE, counts.downloads)
     out.counter(
         "netproto_download_bytes",
-        "Bytes the downloads started were to send (a download cut short counts whole).",
+        "Bytes of data the downloads sent (a download cut short counts what it sent).",
         SERVICE,
         counts.downloadBytes,
     )

@@ -4,6 +4,7 @@ with, how a command's end is named, and the families built from live state."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.application.service import MultiService
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python import usage
 
 import netproto
@@ -27,6 +28,8 @@ from netproto.options import streamEndpoint
 from netproto.services import ListeningService
 from netproto.tap import Options
 from tests.chatkit import Harness
+from tests.fileskit import Served, fetch
+from tests.uploadkit import StepExecutor
 
 FRAMED_REFUSAL = "{service}: refused {peer}: {code}: {message}"
 
@@ -195,3 +198,51 @@ def test_metrics_is_off_by_default_and_a_bad_endpoint_is_one_line() -> None:
     assert streamEndpoint("tcp:0") == "tcp:0"
     with pytest.raises(usage.UsageError, match="endpoint 'nonsense:1'"):
         Options().parseOptions(["--metrics", "nonsense:1"])
+
+
+@pytest.fixture
+def counted() -> Iterator[EventCounts]:
+    """An :class:`EventCounts` that sees every event logged during the test."""
+    counts = EventCounts()
+    globalLogPublisher.addObserver(counts)
+    try:
+        yield counts
+    finally:
+        globalLogPublisher.removeObserver(counts)
+
+
+def test_a_download_cut_short_counts_the_bytes_sent_not_the_files_size(
+    tmp_path: Path, counted: EventCounts
+) -> None:
+    """The client goes away after the first frames of a 40 MiB download: the
+    download is counted, and its bytes are those sent, not the file's size."""
+    executor = StepExecutor()
+    served = Served(tmp_path, executor)
+    peer = served.peer()
+    size = 40 << 20
+    with open(served.root / "big", "wb") as f:
+        f.truncate(size)
+    peer.sendJSON(b"G", {"name": "big", "offset": 0})
+    function, args = executor.calls.pop(0)
+    function(*args)  # the file opened, and the first frames made and sent
+    frames = peer.take()
+    assert frames[0][0] == b"K" and frames[-1][0] == b"D"
+    sent = sum(len(payload) for kind, payload in frames if kind == b"D")
+    assert 0 < sent < size
+    peer.close()
+    executor.runAll()
+    assert counted.downloads == {"upload": 1}
+    assert counted.downloadBytes == {"upload": sent}
+
+
+def test_a_download_from_an_offset_counts_what_it_sent(
+    tmp_path: Path, counted: EventCounts
+) -> None:
+    """Whole from an offset: the bytes after the offset, once the ``F`` went out."""
+    served = Served(tmp_path)
+    peer = served.peer()
+    (served.root / "f").write_bytes(b"x" * 5000)
+    data, (kind, _) = fetch(peer, "f", offset=1000)
+    assert kind == b"F" and len(data) == 4000
+    assert counted.downloads == {"upload": 1}
+    assert counted.downloadBytes == {"upload": 4000}
