@@ -1,11 +1,17 @@
-"""Coerce functions for the services' ``twistd netproto`` options.
+"""Coerce functions for the services' ``twistd netproto`` options, and the
+default data directory the server and the client share.
 
 A value that does not fit is refused when the options are parsed, with
 twistd's one-line "Parameter type enforcement failed" message, instead of
-when the service starts. Light on purpose: plugin declarations import it.
+when the service starts. Light on purpose: plugin declarations and the
+client import it.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 
 def count(text: str) -> int:
@@ -49,3 +55,12 @@ count.coerceDoc = "Must be a whole number >= 0."  # type: ignore[attr-defined]
 positive.coerceDoc = "Must be a whole number >= 1."  # type: ignore[attr-defined]
 seconds.coerceDoc = "Must be a number >= 0."  # type: ignore[attr-defined]
 streamEndpoint.coerceDoc = "Must be 'none' or a server endpoint (tcp:9100:interface=127.0.0.1)."  # type: ignore[attr-defined]
+
+
+def defaultDataDir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$NETPROTO_HOME``, else ``$XDG_DATA_HOME/netproto``, else ``~/.local/share/netproto``."""
+    if environ.get("NETPROTO_HOME"):
+        return Path(environ["NETPROTO_HOME"])
+    if environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]) / "netproto"
+    return Path.home() / ".local" / "share" / "netproto"

@@ -7,7 +7,6 @@ status 1, never a traceback.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from netproto.framing import (
     DEFAULT_MAX_UNAUTHENTICATED_PER_HOST,
 )
 from netproto.jsonlog import checkTwistdOptions, jsonLogged, logFormat
-from netproto.options import count, seconds, streamEndpoint
+from netproto.options import count, defaultDataDir, seconds, streamEndpoint
 from netproto.runtime import HandOver, RunAs, plannedDrop, raiseFileLimit, tuneAllocator
 from netproto.services import (
     INetprotoService,
@@ -40,15 +39,6 @@ from netproto.tlsimports import keepOpenSSLOut, plainEndpoint
 log = Logger()
 
 DISABLED = "none"
-
-
-def defaultDataDir(environ: Mapping[str, str] = os.environ) -> Path:
-    """``$NETPROTO_HOME``, else ``$XDG_DATA_HOME/netproto``, else ``~/.local/share/netproto``."""
-    if environ.get("NETPROTO_HOME"):
-        return Path(environ["NETPROTO_HOME"])
-    if environ.get("XDG_DATA_HOME"):
-        return Path(environ["XDG_DATA_HOME"]) / "netproto"
-    return Path.home() / ".local" / "share" / "netproto"
 
 
 class ServerOptions(usage.Options):

@@ -14,6 +14,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from netproto.framing import DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, FramedFactory
+from netproto.options import defaultDataDir
 from netproto.runtime import raiseFileLimit
 from netproto.services import (
     ListeningService,
@@ -22,7 +23,7 @@ from netproto.services import (
     discoverServices,
     parseDatagramEndpoint,
 )
-from netproto.tap import Options, ServerOptions, defaultDataDir, makeService
+from netproto.tap import Options, ServerOptions, makeService
 from netproto.testing import makeContext
 from netproto.upload.server import makeFactory as makeUploadFactory
 

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from netproto.auth import AuthSetupError, readClientToken
 from netproto.client.framed import ClientError
-from netproto.tap import defaultDataDir
+from netproto.options import defaultDataDir
 from netproto.tls import parseFingerprint
 from netproto.tlsimports import plainEndpoint
 
