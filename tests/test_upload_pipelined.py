@@ -13,7 +13,7 @@ from twisted.internet.defer import ensureDeferred
 
 from netproto.client.framed import FramedClient, connectFramed
 from netproto.codec import encodeFrame, encodeJSON
-from netproto.testing import FramedPeer
+from netproto.testing import FramedPeer, PausableTransport
 from netproto.upload import store
 from netproto.upload.client import Job, sendPipelined
 from netproto.upload.pipelined import sendAll
@@ -108,7 +108,9 @@ def test_files_finishing_together_are_made_durable_together(
 
 def test_a_data_error_in_the_middle_ends_only_that_file(tmp_path: Path) -> None:
     """Too many bytes for the second file: E size-mismatch for it, in its
-    place; its F is skipped; the files after it are stored."""
+    place (its only answer: its open was still queued with the read's other
+    files when the data overflowed, so it never got a K ready); its F is
+    skipped; the files after it are stored."""
     served = Served(tmp_path)
     peer = served.peer()
     wire = pipelined([("a", b"aaa")])
@@ -119,7 +121,6 @@ def test_a_data_error_in_the_middle_ends_only_that_file(tmp_path: Path) -> None:
     assert [(k, b.get("code") or b.get("name") or b.get("offset")) for k, b in got] == [
         (b"K", 0),
         (b"K", "a"),
-        (b"K", 0),
         (b"E", "size-mismatch"),
         (b"K", 0),
         (b"K", "c"),
@@ -206,3 +207,32 @@ def test_the_bundled_client_sends_every_file_before_any_answer(tmp_path: Path) -
     assert sending.called and stored == [job.name for job in jobs]
     for job in jobs:
         assert (served.root / job.name).read_bytes() == Path(job.path).read_bytes()
+
+
+def test_files_past_the_in_flight_limit_wait_with_reading_stopped(tmp_path: Path) -> None:
+    """MAX_IN_FLIGHT + 3 files sent in one go, the disk held: MAX_IN_FLIGHT
+    are in flight, the rest wait in the backlog and the server reads no more
+    (what a connection holds stays bounded); once the disk goes on, every
+    file is stored, answered in order."""
+    steps = StepExecutor()
+    served = Served(tmp_path, steps)
+    files = [(f"f{i:03d}", os.urandom(500)) for i in range(MAX_IN_FLIGHT + 3)]
+    peer = served.peer()
+    peer.sendRaw(pipelined(files))
+    server = peer.server
+    assert isinstance(server, UploadProtocol)
+    assert len(server.flight) == MAX_IN_FLIGHT
+    waiting = [kind for kind, _ in server.backlog]
+    assert waiting.count(b"P") == waiting.count(b"F") == 3
+    assert isinstance(server.transport, PausableTransport) and server.transport.paused
+    assert peer.take() == []
+    for _ in range(100):
+        if not server.flight and not server.backlog:
+            break
+        steps.runAll()
+        peer.flush()
+    got = answers(peer)
+    assert [b.get("name") for _, b in got if "sha256" in b] == [name for name, _ in files]
+    assert not server.transport.paused
+    for name, data in files:
+        assert (served.root / name).read_bytes() == data

@@ -9,8 +9,18 @@ thread, in order. The *writing* lane opens, writes, syncs and renames; the
 *hashing* lane feeds the SHA-256; the *flushing* lane flushes written data
 to disk while more arrives. Each batch of data goes to the writing and the
 hashing lane, so on two cores a big file is hashed while it is written and
-while the reactor receives the next batch; a small file's data never goes to
-the hashing lane: one call writes, hashes, checks, syncs and renames it.
+while the reactor receives the next batch.
+
+A small file's data never goes to the hashing lane. Opens, and the data and
+checks of files whose ``F`` came before any of their data was handed over,
+are jobs (:class:`Job`) queued on the reactor and handed to the writing lane
+together, one call at a time (:meth:`Pipeline.flush`, :func:`_runJobs`):
+the call opens, writes, hashes and checks each file, then makes those it
+stored durable at once (a group commit: one flush of the file system, the
+renames, one flush per directory). A pipelining client's small file whose
+``P``, ``D`` and ``F`` came in one read is therefore opened and stored in
+the same call, with the files read with it; while a call runs, the files
+that arrive queue for the next one, so the groups grow with the load.
 
 Data comes in as views of the transport's reads (``D`` is a streamed frame
 type), is batched (about :attr:`Pipeline.batchSize` bytes) and handed to the
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -42,9 +53,11 @@ class Upload:
         "abandoned",
         "answered",
         "answers",
+        "finishing",
         "flushing",
         "gather",
         "hashing",
+        "job",
         "name",
         "offset",
         "overwrite",
@@ -95,6 +108,11 @@ class Upload:
         self.flushing = False
         #: opened, and more data may come (until finished or released)
         self.receiving = False
+        #: its F was handed to the pipeline (no more data comes)
+        self.finishing = False
+        #: its open, queued and not yet handed to the writing lane (the data
+        #: and checks of a file whose F comes before then join it)
+        self.job: Job | None = None
         #: released without being stored: whatever is still queued for it
         #: must not store it
         self.abandoned = False
@@ -105,6 +123,38 @@ class Upload:
         self.answers: deque[dict[str, Any] | ProtocolError] = deque()
         #: its last answer is known (``K stored`` or an ``E``)
         self.answered = False
+
+
+class Job:
+    """One file's work in a writing lane call (:func:`_runJobs`): its open,
+    its data and checks (then its group commit), or both; and what each came
+    to. Made on the reactor thread, filled in by the worker thread while the
+    call runs, read on the reactor thread once the lane reports the call
+    done (which orders the two).
+    """
+
+    __slots__ = (
+        "chunks",
+        "opened",
+        "opening",
+        "sha256",
+        "stored",
+        "upload",
+        "whenOpened",
+        "whenStored",
+    )
+
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        #: (user, now) when the job opens the file
+        self.opening: tuple[str, float] | None = None
+        #: the client's digest when the job stores the file, and its data
+        self.sha256: str | None = None
+        self.chunks: list[Buffer] = []
+        self.opened: tuple[Reservation, PartialFile] | Failure | None = None
+        self.stored: str | Failure | None = None
+        self.whenOpened: Deferred[tuple[Reservation, PartialFile]] | None = None
+        self.whenStored: Deferred[str] | None = None
 
 
 class PipelineOwner(Protocol):
@@ -118,6 +168,10 @@ class PipelineOwner(Protocol):
 
     def bug(self, failure: Failure) -> None:
         """A call failed with something other than a :class:`ProtocolError`."""
+
+    def together(self) -> AbstractContextManager[None]:
+        """While in it, the answers the pipeline's results lead to are held, and
+        sent together when it ends (one write for a call's files)."""
 
 
 class Pipeline:
@@ -143,8 +197,9 @@ class Pipeline:
     #: (:meth:`~netproto.upload.store.PartialFile.flush`) while more arrive,
     #: so that the fsync after the last byte has little left to wait for.
     flushStep: int = 16 * 1024 * 1024
-    #: Most files one group commit makes durable: a client pipelining faster
-    #: than the disk still hears about its files every so many.
+    #: Most jobs one writing lane call does (so most files one group commit
+    #: makes durable): a client pipelining faster than the disk still hears
+    #: about its files every so many.
     groupMax: int = 64
 
     def __init__(
@@ -161,16 +216,15 @@ class Pipeline:
         self.writer = Lane(executor, report)
         self.hasher = Lane(executor, report)
         self.flusher = Lane(executor, report)
-        #: small files whose data and checks are queued in the writing lane
-        self._staging = 0
-        #: small files checked and waiting for their group commit, with their
-        #: digest and the Deferred of their finish
-        self._group: list[tuple[Upload, str, Deferred[str]]] = []
+        #: opens and small files' data, checks and commits, for the next call
+        self._jobs: list[Job] = []
+        #: a call of jobs is in the writing lane (the next waits for its end)
+        self._running = False
 
     @property
     def busy(self) -> bool:
-        """A lane has a call queued, running, or waiting to report."""
-        return not (self.writer.idle and self.hasher.idle and self.flusher.idle)
+        """A job is queued, or a lane has a call queued, running, or waiting to report."""
+        return bool(self._jobs) or not (self.writer.idle and self.hasher.idle and self.flusher.idle)
 
     @staticmethod
     def queued(upload: Upload | None) -> int:
@@ -183,16 +237,46 @@ class Pipeline:
 
     def open(self, upload: Upload, user: str, now: float) -> Deferred[int]:
         """Admit ``upload`` (its user's parallel uploads and quota) and open its
-        partial file; the result is the offset to receive from."""
-        d = self.writer.run(_begin, self.quotas, self.store, user, upload, now)
-        return d.addCallback(self._opened, upload)
+        partial file, in the next call of jobs (:meth:`flush`); the result is
+        the offset to receive from."""
+        job = Job(upload)
+        job.opening = (user, now)
+        opened: Deferred[tuple[Reservation, PartialFile]] = Deferred()
+        job.whenOpened = opened
+        upload.job = job
+        self._jobs.append(job)
+        return opened.addCallback(self._opened, upload)
+
+    def flush(self) -> None:
+        """Hand the queued jobs to the writing lane as one call, unless a call
+        of jobs is running: its end hands over what queued meanwhile. The
+        wire class calls this once it has handled what a read brought."""
+        if self._running or not self._jobs:
+            return
+        jobs, self._jobs = self._jobs[: self.groupMax], self._jobs[self.groupMax :]
+        for job in jobs:
+            job.upload.job = None  # handed over: an F from now on makes a job of its own
+        self._running = True
+        d = self.writer.run(_runJobs, self.quotas, self.store, jobs)
+        d.addCallback(self._ran, jobs)
+        d.addErrback(self.owner.bug)
+
+    def _ran(self, _: None, jobs: list[Job]) -> None:
+        self._running = False
+        with self.owner.together():
+            for job in jobs:
+                if job.whenOpened is not None:
+                    _fire(job.whenOpened, job.opened)
+                if job.whenStored is not None:
+                    _fire(job.whenStored, job.stored)
+        self.flush()
 
     def _opened(self, opened: tuple[Reservation, PartialFile], upload: Upload) -> int:
         upload.reservation, upload.partial = opened
         upload.offset = upload.partial.offset
         # A pipelining client's data may have come before the open ended.
         upload.received += upload.offset
-        upload.receiving = not upload.abandoned
+        upload.receiving = not (upload.abandoned or upload.finishing)
         if upload.receiving and upload.pendingBytes >= self.writeThreshold:
             self._batch(upload)
         return upload.offset
@@ -221,24 +305,27 @@ class Pipeline:
             self._batch(upload)
 
     def finish(self, upload: Upload, sha256: str) -> Deferred[str]:
-        """The last data and the client's digest go to the lanes; the file is
-        checked, synced and renamed into place. The result is its digest."""
+        """The last data and the client's digest go to the lanes (or, for a
+        file none of whose data went yet, to a job: :meth:`flush`); the file
+        is checked, synced and renamed into place. The result is its digest."""
         upload.receiving = False
-        partial = upload.partial
-        assert partial is not None
+        upload.finishing = True
         if not upload.pipelined:
-            # Everything is still here: one call writes, hashes and checks it
-            # (a small file's only hop after its P), then it joins a group
-            # commit with the files finishing right after it.
+            # Everything is still here: a job writes, hashes and checks it and
+            # makes it durable with the other files of its call; with its open
+            # when that is still queued (its only hop, then).
             chunks, n = upload.pending, upload.pendingBytes
             upload.pending, upload.pendingBytes, upload.gather = [], 0, None
             upload.writing += n
+            job = upload.job
+            if job is None:
+                job = Job(upload)
+                self._jobs.append(job)
             d: Deferred[str] = Deferred()
-            self._staging += 1
-            staged = self.writer.run(_stage, upload, chunks, sha256)
-            staged.addCallbacks(self._staged, self._stageFailed, (upload, d), {}, (d,))
-            staged.addErrback(self.owner.bug)
+            job.sha256, job.chunks, job.whenStored = sha256, chunks, d
         else:
+            partial = upload.partial
+            assert partial is not None
             if upload.pendingBytes:
                 self._batch(upload)
             # The data is flushed to disk while its last batches are hashed;
@@ -253,38 +340,6 @@ class Pipeline:
                 .addCallback(self._place, upload, sha256)
             )
         return d.addBoth(_settled, upload)
-
-    # -- group commit ---------------------------------------------------------------
-
-    def _staged(self, digest: str, upload: Upload, d: Deferred[str]) -> None:
-        self._staging -= 1
-        self._group.append((upload, digest, d))
-        self._commitWhenDue()
-
-    def _stageFailed(self, failure: Failure, d: Deferred[str]) -> None:
-        self._staging -= 1
-        d.errback(failure)
-        self._commitWhenDue()
-
-    def _commitWhenDue(self) -> None:
-        """Commit the staged files once no more are being staged right behind
-        them (the lane has caught up with the client), or once the group is
-        :attr:`groupMax` files: one flush of the disk for all of them."""
-        if self._group and (self._staging == 0 or len(self._group) >= self.groupMax):
-            group, self._group = self._group, []
-            d = self.writer.run(_commitGroup, self.quotas, [upload for upload, _, _ in group])
-            d.addCallback(self._committed, group)
-            d.addErrback(self.owner.bug)
-
-    @staticmethod
-    def _committed(
-        results: list[ProtocolError | None], group: list[tuple[Upload, str, Deferred[str]]]
-    ) -> None:
-        for (_, digest, d), error in zip(group, results, strict=True):
-            if error is None:
-                d.callback(digest)
-            else:
-                d.errback(error)
 
     def _place(self, _: None, upload: Upload, sha256: str) -> Deferred[str]:
         if upload.abandoned:
@@ -391,27 +446,68 @@ def _finish(quotas: Quotas, upload: Upload, sha256: str, synced: bool) -> str:
     return digest
 
 
-def _stage(upload: Upload, chunks: list[Buffer], sha256: str) -> str:
-    """In the worker: a small file's data, hashed and written, then its size
-    and digest checked; it is made durable by :func:`_commitGroup`."""
-    assert upload.partial is not None
-    upload.partial.write(chunks)
-    return upload.partial.verify(sha256)
+def _ended(upload: Upload) -> ProtocolError:
+    return ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
 
 
-def _commitGroup(quotas: Quotas, uploads: list[Upload]) -> list[ProtocolError | None]:
-    """In the worker: :func:`~netproto.upload.store.commitGroup`, then each
-    stored file charged to its user."""
-    files = []
-    for upload in uploads:
-        assert upload.partial is not None
-        files.append((upload.partial, upload.overwrite))
-    results = commitGroup(files)
-    for upload, error in zip(uploads, results, strict=True):
+def _runJobs(quotas: Quotas, store: UploadStore, jobs: list[Job]) -> None:
+    """In the worker: each job's open (:func:`_begin`), then its data, hashed
+    and written, and its size and digest checked; then the files that passed
+    made durable together (:func:`~netproto.upload.store.commitGroup`) and
+    charged to their users. Every outcome is left in its job, failures
+    included: one file's refusal is no other file's. A file given up
+    meanwhile (``abandoned``) is not opened, written or committed."""
+    staged: list[tuple[Job, PartialFile, Reservation]] = []
+    for job in jobs:
+        upload = job.upload
+        partial, reservation = upload.partial, upload.reservation
+        try:
+            if job.opening is not None:
+                if upload.abandoned:
+                    raise _ended(upload)
+                reservation, partial = job.opened = _begin(
+                    quotas, store, job.opening[0], upload, job.opening[1]
+                )
+            if job.sha256 is not None:
+                assert partial is not None
+                assert reservation is not None
+                if upload.abandoned:
+                    raise _ended(upload)
+                partial.write(job.chunks)
+                job.stored = partial.verify(job.sha256)
+                staged.append((job, partial, reservation))
+        except BaseException:
+            failure = Failure()
+            if job.opening is not None and job.opened is None:
+                job.opened = failure
+            job.stored = failure
+    if not staged:
+        return
+    live = []
+    for entry in staged:
+        if entry[0].upload.abandoned:
+            entry[0].stored = Failure(_ended(entry[0].upload))
+        else:
+            live.append(entry)
+    try:
+        results = commitGroup([(partial, job.upload.overwrite) for job, partial, _ in live])
+    except BaseException:
+        failure = Failure()
+        for job, _, _ in live:
+            job.stored = failure
+        return
+    for (job, _, reservation), error in zip(live, results, strict=True):
         if error is None:
-            assert upload.reservation is not None
-            quotas.commit(upload.reservation)
-    return results
+            quotas.commit(reservation)
+        else:
+            job.stored = Failure(error)
+
+
+def _fire(d: Deferred[T], result: T | Failure | None) -> None:
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)  # type: ignore[arg-type]
 
 
 def _keep(partial: PartialFile, chunks: list[Buffer]) -> None:
