@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-from netproto.runtime import tuneAllocator
+from netproto.runtime import ARENA_MAX, tuneAllocator
 from netproto.upload.pipeline import Pipeline
 from netproto.upload.protocol import UploadProtocol
 from netproto.upload.store import PartialFile
@@ -241,3 +243,44 @@ def test_allocator_tuning_respects_the_environment(monkeypatch: pytest.MonkeyPat
     """An operator's own MALLOC_* settings win: the tuning is then not applied."""
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert tuneAllocator() is False
+
+
+#: Six threads, alive together, each allocating (above Python's small
+#: object sizes, so from malloc); then glibc's per-arena statistics.
+ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from netproto.runtime import tuneAllocator
+tuneAllocator() if sys.argv[1] == "tuned" else None
+allocated, done = threading.Barrier(7), threading.Event()
+def allocate():
+    held = bytes(100_000)
+    allocated.wait()
+    done.wait()
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for t in threads:
+    t.start()
+allocated.wait()
+ctypes.CDLL(None).malloc_stats()
+done.set()
+"""
+
+
+def arenasUsed(mode: str, environ: dict[str, str] | None = None) -> int:
+    """The malloc arenas a process made for six threads, tuned or not."""
+    result = subprocess.run(
+        [sys.executable, "-c", ARENAS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(environ or {})},
+    )
+    return result.stderr.count("Arena ")
+
+
+def test_the_tuned_allocator_keeps_two_arenas_however_many_threads() -> None:
+    """glibc gives each new thread an arena of its own (each then keeps what
+    it freed): tuned, the six threads share the second of two; the
+    operator's MALLOC_ARENA_MAX still wins."""
+    assert arenasUsed("untuned") > ARENA_MAX
+    assert arenasUsed("tuned") == ARENA_MAX
+    assert arenasUsed("tuned", {"MALLOC_ARENA_MAX": "4"}) == 4
