@@ -199,7 +199,8 @@ class Pipeline:
     flushStep: int = 16 * 1024 * 1024
     #: Most jobs one writing lane call does (so most files one group commit
     #: makes durable): a client pipelining faster than the disk still hears
-    #: about its files every so many.
+    #: about its files every so many. The connection's files in flight
+    #: (:data:`~netproto.upload.protocol.MAX_IN_FLIGHT`) bound it first.
     groupMax: int = 64
 
     def __init__(
