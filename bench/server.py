@@ -120,8 +120,13 @@ def netproto(*extra: str, timeout: float = 60.0) -> Iterator[Server]:
 
 
 #: The shared harness beside the checkout, whose peers (the servers a user
-#: might pick instead) bench/scale.py measures too when it is there.
-SHARED_BENCH = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+#: might pick instead) bench/scale.py measures too when it is there;
+#: ``NETPROTO_SHARED_BENCH`` names it for a checkout elsewhere (a snapshot
+#: made with ``git worktree add /tmp/snap-X``).
+SHARED_BENCH = Path(
+    os.environ.get("NETPROTO_SHARED_BENCH")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
+)
 PEERS_PYTHON = Path("/tmp/netproto-bench-venv/bin/python")
 
 

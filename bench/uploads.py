@@ -12,7 +12,8 @@ harness's own client adapters (``load.upload``, same data files):
 
     python -m bench.uploads small|big [--passes 8]
 
-It needs the shared harness beside the checkout (:data:`bench.server.SHARED_BENCH`).
+It needs the shared harness beside the checkout, or named by
+``NETPROTO_SHARED_BENCH`` (:data:`bench.server.SHARED_BENCH`).
 """
 
 from __future__ import annotations
