@@ -48,9 +48,10 @@ def small(server: Server, passes: int) -> list[float]:
     return rates
 
 
-def bigOnce(make: Callable[[], Any], name: str, landing: Path) -> float:
-    """MB/s of one 1 GiB upload through ``make()``'s adapter; the file is removed after."""
-    path, sha, _, _ = upload.ensure_data()
+def bigOnce(make: Callable[[], Any], data: tuple[str, str], name: str, landing: Path) -> float:
+    """MB/s of one upload of ``data`` (its path and SHA-256) through ``make()``'s
+    adapter; the file is removed after."""
+    path, sha = data
     size = os.path.getsize(path)
     os.sync()
     start = time.perf_counter()
@@ -63,6 +64,28 @@ def bigOnce(make: Callable[[], Any], name: str, landing: Path) -> float:
     return rate
 
 
+def big(server: Server, passes: int) -> tuple[list[float], list[float]]:
+    """MB/s of each 1 GiB upload to netproto, and to the raw floor, alternating."""
+    path, sha, _, _ = upload.ensure_data()
+    data = (path, sha)
+    landing = Path(server.home) / "raw-landing"
+    landing.mkdir()
+    floor = ("--dir", str(landing), "--fsync", "--sha256")
+    with peer("raw_upload.py", "upload", *floor) as raw:
+
+        def ours() -> Any:
+            return upload.NetprotoUpload(server.ports["upload"], server.token)
+
+        def theirs() -> Any:
+            return upload.RawUploadSha(raw.ports["upload"])
+
+        mine, floors = [], []
+        for k in range(passes):
+            mine.append(bigOnce(ours, data, f"b{k}", server.uploadDir))
+            floors.append(bigOnce(theirs, data, f"b{k}", landing))
+    return mine, floors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["small", "big"])
@@ -73,23 +96,7 @@ def main() -> None:
         if args.what == "small":
             results["netproto_files_s"] = small(server, args.passes)
         else:
-            landing = Path(server.home) / "raw-landing"
-            landing.mkdir()
-            port = server.ports["upload"]
-            floor = ("--dir", str(landing), "--fsync", "--sha256")
-            with peer("raw_upload.py", "upload", *floor) as raw:
-                rawPort = raw.ports["upload"]
-                mine, theirs = [], []
-                for k in range(args.passes):
-                    mine.append(
-                        bigOnce(
-                            lambda: upload.NetprotoUpload(port, server.token),
-                            f"b{k}",
-                            server.uploadDir,
-                        )
-                    )
-                    theirs.append(bigOnce(lambda: upload.RawUploadSha(rawPort), f"b{k}", landing))
-            results["netproto_mb_s"], results["raw_fsync_sha256_mb_s"] = mine, theirs
+            results["netproto_mb_s"], results["raw_fsync_sha256_mb_s"] = big(server, args.passes)
     summary = {
         key: {"each": [round(v) for v in values], "median": round(statistics.median(values))}
         for key, values in results.items()

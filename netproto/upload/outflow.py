@@ -12,10 +12,9 @@ stops the reading of the disk, and the server holds one batch
 While the client takes what was sent, the lane already makes the next batch:
 the disk, the hashing and the socket work at once.
 
-An answer that carried data (``D`` frames, so a download's) logs, when it ends, how many bytes
-of data it handed to the connection, and whether it was cut short (the
-connection went away): what ``--metrics`` counts as a download's bytes
-(:data:`DOWNLOAD_SENT`), so a download the client left counts what it was
+It counts the bytes of data (``D`` payloads) it handed to the connection
+(:attr:`Outflow.dataSent`): what a download logs at its end, and
+``--metrics`` counts, so a download the client left counts what it was
 sent, not the file's size.
 """
 
@@ -25,11 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netproto.addresses import describePeer
 from netproto.directsend import Writer
 from netproto.upload.workers import Lane
 from netproto.upload.zerocopy import FileSpan, sendSpan
@@ -47,15 +44,6 @@ BATCH_FRAMES: Final = 2
 #: in its file (:class:`~netproto.upload.zerocopy.FileSpan`) is sent with
 #: ``sendfile`` (only where the connection's writer sends on its socket).
 Batch = tuple[Sequence[tuple[bytes, bytes | FileSpan]], bool]
-
-#: The line an answer that carried data logs at its end (counted by
-#: :mod:`netproto.metrics`). ``sent``: the ``D`` payload bytes handed to the
-#: connection (those still in its buffers when a client vanished included);
-#: ``how``: :data:`FINISHED`, :data:`FAILED` or :data:`CUT_SHORT`.
-DOWNLOAD_SENT: Final = "upload: {peer} was sent {sent} bytes of data ({how})"
-FINISHED: Final = "finished"
-FAILED: Final = "ended by an error"
-CUT_SHORT: Final = "cut short: the connection went away"
 
 
 @implementer(IPushProducer)
@@ -75,8 +63,6 @@ class Outflow:
         (spans are sent in :meth:`_made`, before :meth:`stop` can queue the
         cleanup that closes their file).
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -100,7 +86,8 @@ class Outflow:
         self.making = False
         #: frames were sent since :meth:`progressed` was last asked
         self._moved = False
-        #: payload bytes of the ``D`` frames handed to the connection
+        #: payload bytes of the ``D`` frames handed to the connection (those
+        #: still in its buffers when a client vanished included)
         self.dataSent = 0
 
     def start(self) -> None:
@@ -146,25 +133,14 @@ class Outflow:
             self._end(failure)
 
     def _end(self, failure: Failure | None) -> None:
-        self._stop(FINISHED if failure is None else FAILED)
+        self.stop()
         self.ended(failure)
 
     def stop(self) -> None:
-        """Make no more frames: the connection is gone (or the answer ended)."""
-        self._stop(CUT_SHORT)
-
-    def _stop(self, how: str) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        self.lane.run(self.cleanup)
-        if self.dataSent:  # a download's answer (a listing's has no D frames)
-            self.log.info(
-                DOWNLOAD_SENT,
-                peer=describePeer(self.writer.transport) if self.writer else "?",
-                sent=self.dataSent,
-                how=how,
-            )
+        """Make no more frames (the answer ended, or the connection is gone)."""
+        if not self.stopped:
+            self.stopped = True
+            self.lane.run(self.cleanup)
 
     # -- IPushProducer: the connection's writer -------------------------------------
 

@@ -344,7 +344,7 @@ class Pipeline:
 
     def _place(self, _: None, upload: Upload, sha256: str) -> Deferred[str]:
         if upload.abandoned:
-            raise ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
+            raise _ended(upload)
         return self.writer.run(_finish, self.quotas, upload, sha256, True)
 
     def release(self, upload: Upload, keep: bool) -> None:
@@ -448,6 +448,7 @@ def _finish(quotas: Quotas, upload: Upload, sha256: str, synced: bool) -> str:
 
 
 def _ended(upload: Upload) -> ProtocolError:
+    """The refusal of a file given up (released) before it could be stored."""
     return ProtocolError("internal", f"{upload.name}: upload ended", fatal=False)
 
 
@@ -482,14 +483,14 @@ def _runJobs(quotas: Quotas, store: UploadStore, jobs: list[Job]) -> None:
             if job.opening is not None and job.opened is None:
                 job.opened = failure
             job.stored = failure
-    if not staged:
-        return
     live = []
-    for entry in staged:
-        if entry[0].upload.abandoned:
-            entry[0].stored = Failure(_ended(entry[0].upload))
+    for job, partial, reservation in staged:
+        if job.upload.abandoned:
+            job.stored = Failure(_ended(job.upload))
         else:
-            live.append(entry)
+            live.append((job, partial, reservation))
+    if not live:
+        return
     try:
         results = commitGroup([(partial, job.upload.overwrite) for job, partial, _ in live])
     except BaseException:

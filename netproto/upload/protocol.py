@@ -578,6 +578,7 @@ class UploadProtocol(FramedProtocol):
         """The answer to an ``L`` or a ``G`` ended: with its last frame, or
         with ``failure`` (an ``E`` for a :class:`ProtocolError`)."""
         if self.outflow is not None:
+            self._logSent(self.outflow, "finished" if failure is None else "ended by an error")
             self.outflow = None
             if self.sender is not None:
                 self.sender.setOutput(None)
@@ -626,6 +627,7 @@ class UploadProtocol(FramedProtocol):
         self._nextPhase(Step.LOST)
         if self.outflow is not None:
             self.outflow.stop()
+            self._logSent(self.outflow, "cut short: the connection went away")
             self.outflow = None
         self.backlog.clear()
         for upload in self.flight:
@@ -710,6 +712,18 @@ class UploadProtocol(FramedProtocol):
             size=size,
             offset=offset,
         )
+
+    def _logSent(self, outflow: Outflow, how: str) -> None:
+        """One line at the end of an answer that carried data (a download's):
+        the bytes of data it handed to the connection, counted by
+        :mod:`netproto.metrics`; a listing has no ``D`` frames, and no line."""
+        if outflow.dataSent:
+            self.log.info(
+                "upload: {peer} was sent {sent} bytes of data ({how})",
+                peer=self.peer,
+                sent=outflow.dataSent,
+                how=how,
+            )
 
     def _user(self) -> str:
         return self.avatar.name if self.avatar is not None else "?"
